@@ -1,0 +1,61 @@
+"""Metrics against hand-computed confusion matrices."""
+
+import pytest
+
+from deft_llm.metrics import au_metrics, classification_metrics, confusion_matrix, loso_folds, plot_confusion
+
+CLASSES = ["a", "b", "c"]
+TRUE = ["a", "a", "a", "b", "b", "c", "c", "c"]
+PRED = ["a", "a", "b", "b", "a", "b", "b", None]  # class c is never predicted; one invalid answer
+
+
+def test_confusion_matrix_by_hand():
+    assert confusion_matrix(TRUE, PRED, CLASSES).tolist() == [[2, 1, 0, 0], [1, 1, 0, 0], [0, 2, 0, 1]]
+
+
+def test_uf1_uar_accuracy_with_a_class_never_predicted():
+    m = classification_metrics(TRUE, PRED, CLASSES)
+    # F1: a = 4/(4+1+1), b = 2/(2+3+1), c = 0 ; recall: 2/3, 1/2, 0
+    assert m["per_class"]["a"]["f1"] == pytest.approx(2 / 3)
+    assert m["per_class"]["b"]["f1"] == pytest.approx(1 / 3)
+    assert m["per_class"]["c"]["f1"] == 0
+    assert m["uf1"] == pytest.approx((2 / 3 + 1 / 3 + 0) / 3)
+    assert m["uar"] == pytest.approx((2 / 3 + 1 / 2 + 0) / 3)
+    assert m["accuracy"] == pytest.approx(3 / 8)
+    assert m["invalid_predictions"] == 1 and m["n"] == 8
+    assert m["confusion"] == [[2, 1, 0], [1, 1, 0], [0, 2, 0]]
+
+
+def test_perfect_and_absent_class():
+    m = classification_metrics(["a", "b"], ["a", "b"], CLASSES)
+    assert m["uf1"] == m["uar"] == m["accuracy"] == 1.0 and m["absent"] == ["c"]
+
+
+def test_bad_inputs_are_named():
+    with pytest.raises(ValueError, match="2 labels but 1 predictions"):
+        confusion_matrix(["a", "b"], ["a"], CLASSES)
+    with pytest.raises(ValueError, match=r"true labels \['z'\]"):
+        confusion_matrix(["z"], ["a"], CLASSES)
+
+
+def test_au_metrics_by_hand():
+    m = au_metrics([["AU1", "AU2"], ["AU12"], []], [["AU1"], ["AU12", "AU6"], ["AU4"]])
+    # tp = 2 (AU1, AU12), fp = 2 (AU6, AU4), fn = 1 (AU2)
+    assert m["precision"] == pytest.approx(0.5) and m["recall"] == pytest.approx(2 / 3)
+    assert m["f1"] == pytest.approx(2 * 0.5 * (2 / 3) / (0.5 + 2 / 3))
+    assert m["per_au"]["AU2"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0}
+
+
+def test_loso_never_shares_a_subject():
+    folds = loso_folds(["s2", "s1", "s3", "s1"])
+    assert [t for t, _ in folds] == ["s1", "s2", "s3"]
+    for test, train in folds:
+        assert test not in train and len(train) == 2
+    with pytest.raises(ValueError, match="at least 2 subjects"):
+        loso_folds(["s1", "s1"])
+
+
+def test_confusion_png(tmp_path):
+    path = tmp_path / "cm.png"
+    plot_confusion([[2, 1], [0, 3]], ["a", "b"], path, title="t")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
