@@ -219,7 +219,11 @@ def normalize_emotion(label: str, source: str = "") -> str:
 
 
 def composite_class(emotion: str) -> str | None:
-    """MEGC2019 composite 3-class label; ``None`` for ``others`` (left out of that protocol)."""
+    """MEGC2019 composite 3-class label; ``None`` for ``others`` (left out of that protocol).
+
+    A label that already is a composite class (SMIC's ``negative``) maps to itself."""
+    if str(emotion).strip().lower() in COMPOSITE_CLASSES:
+        return str(emotion).strip().lower()
     return _COMPOSITE.get(normalize_emotion(emotion))
 
 
@@ -264,15 +268,20 @@ def parse_answer(text: str) -> dict:
     """Read generated text back: ``{"emotion": str | None, "aus": ["AU6", ...], "text": text}``.
 
     AUs are taken from the evidence line only (the reason may mention AUs that did not move);
-    an emotion word outside :data:`EMOTIONS` gives ``emotion=None`` rather than a guess.
+    an emotion word outside :data:`EMOTIONS` and :data:`COMPOSITE_CLASSES` gives
+    ``emotion=None`` rather than a guess.
     """
     emotion = None
     match = _EMOTION_LINE.search(text)
     if match:
-        try:
-            emotion = normalize_emotion(match.group(1))
-        except ValueError:
-            emotion = None
+        word = match.group(1).lower()
+        if word in COMPOSITE_CLASSES:  # datasets with coarse labels only (SMIC) answer these
+            emotion = word
+        else:
+            try:
+                emotion = normalize_emotion(word)
+            except ValueError:
+                emotion = None
     aus: list[str] = []
     evidence = _EVIDENCE_LINE.search(text)
     if evidence:
