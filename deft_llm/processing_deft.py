@@ -195,7 +195,7 @@ class DeftVideoProcessor(BaseImageProcessor):
     def __init__(self, structure_size: int = 64, texture_size: int = 64, num_texture_frames: int = 8,
                  motion_size: int = 64, flow_size: int = 128, flow_method: str = "dis",
                  face: str = "detect", texture_gain: float = 4.0, motion_scale: float = 0.5,
-                 strain_scale: float = 5.0, spot_size: int = 64, noise_reference: bool = False,
+                 strain_scale: float = 5.0, spot_size: int = 64, noise_reference: bool = True,
                  **kwargs):
         super().__init__(**kwargs)
         self.structure_size = int(structure_size)
@@ -209,9 +209,11 @@ class DeftVideoProcessor(BaseImageProcessor):
         self.motion_scale = float(motion_scale)
         self.strain_scale = float(strain_scale)
         self.spot_size = int(spot_size)
-        # True: noise floor from the onset -> next-frame flow (when that frame is before the
-        # apex; one more flow). False (default): from the onset -> apex flow's median pixel,
-        # which also carries the drift accumulated up to the apex (optical_flow docstring).
+        # True (default, as the Uni-MER builder): noise floor from the onset -> next-frame flow
+        # (when that frame is before the apex; one more flow), so the demo's AU evidence uses the
+        # same rule as the dataset's dual constraint. False: from the onset -> apex flow's
+        # median pixel, which also carries the drift accumulated up to the apex; it halves false
+        # evidence but also recall (benchmarks/results_uni_mer.md).
         self.noise_reference = bool(noise_reference)
 
     @staticmethod
