@@ -41,6 +41,8 @@ class DeftConfig(PreTrainedConfig):
         the patch grid is pooled to a smaller square grid.
     *_token_id: the placeholder token of each expert in ``input_ids``.
     *_loss_weight: weights of the hybrid objective: LM + emotion CE + AU BCE + disentanglement.
+    expert_dropout: training only: chance of blanking one expert's tokens for a clip (the LLM
+        sees only its type embedding there), so the answer cannot lean on a single expert.
     au_labels: the AU vocabulary of the AU head; id2label: the emotion classes.
     regions: ``[name, [x0, y0, x1, y1]]`` facial region boxes (fractions of the face crop), in
         motion-token order; a list because config.json sorts dict keys.
@@ -65,7 +67,7 @@ class DeftConfig(PreTrainedConfig):
                          "num_hidden_layers": 2, "num_attention_heads": 4,
                          "num_key_value_heads": 2, "max_position_embeddings": 512,
                          "pad_token_id": PAD_TOKEN_ID, "bos_token_id": None,
-                         "eos_token_id": EOS_TOKEN_ID, "tie_word_embeddings": True}),
+                         "eos_token_id": EOS_TOKEN_ID, "tie_word_embeddings": False}),
     }
 
     structure_config: dict | PreTrainedConfig | None = None
@@ -83,11 +85,12 @@ class DeftConfig(PreTrainedConfig):
     emotion_loss_weight: float = 0.5
     au_loss_weight: float = 0.5
     disentangle_loss_weight: float = 0.1
+    expert_dropout: float = 0.0
     au_labels: list[str] | None = None
     regions: list | None = None
     pretrained_towers: dict | None = None
     initializer_range: float = 0.02
-    tie_word_embeddings: bool = True
+    tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
         if self.id2label is None and "num_labels" not in kwargs:

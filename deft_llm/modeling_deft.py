@@ -234,6 +234,20 @@ class DeftModel(DeftPreTrainedModel):
                 tokens[name] = expert(pixels) + self.expert_type_embedding(type_id)
         return tokens
 
+    def drop_experts(self, expert_tokens: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Training only: blank each expert's tokens for a clip with p = ``expert_dropout``
+        (its type embedding stays), so no expert becomes a shortcut the others lean on."""
+        p = self.config.expert_dropout
+        if not self.training or p == 0:
+            return expert_tokens
+        type_embeddings = self.expert_type_embedding.weight
+        dropped = {}
+        for name, tokens in expert_tokens.items():
+            keep = (torch.rand(tokens.shape[0], 1, 1, device=tokens.device) >= p).to(tokens.dtype)
+            type_embedding = type_embeddings[EXPERTS.index(name)].to(tokens.dtype)
+            dropped[name] = (tokens - type_embedding) * keep + type_embedding
+        return dropped
+
     def merge(self, input_ids: torch.Tensor, inputs_embeds: torch.Tensor,
               expert_tokens: dict[str, torch.Tensor]) -> torch.Tensor:
         """Scatter each expert's tokens into its placeholder positions, with clear mismatches."""
@@ -289,7 +303,8 @@ class DeftModel(DeftPreTrainedModel):
         expert_tokens = self.encode_experts(structure_pixels=structure_pixels,
                                             texture_pixels=texture_pixels, motion_map=motion_map)
         if inputs_embeds is None:
-            inputs_embeds = self.merge(input_ids, self.get_input_embeddings()(input_ids), expert_tokens)
+            inputs_embeds = self.merge(input_ids, self.get_input_embeddings()(input_ids),
+                                       self.drop_experts(expert_tokens))
         elif expert_tokens:
             raise ValueError("Expert inputs need input_ids to find their placeholders, not inputs_embeds")
 

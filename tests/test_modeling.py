@@ -272,3 +272,22 @@ def test_installed_package_registers_auto_classes(config, tmp_path):
     assert isinstance(reloaded, DeftForConditionalGeneration)
     for (name, a), b in zip(model.state_dict().items(), reloaded.state_dict().values()):
         torch.testing.assert_close(a, b, msg=name)
+
+
+def test_expert_dropout_blanks_whole_experts_in_training_only():
+    config = DeftConfig(expert_dropout=1.0)  # always drop: the LLM sees only type embeddings
+    torch.manual_seed(0)
+    model = DeftForConditionalGeneration(config)
+    batch = make_batch(config, batch_size=2)
+    tokens = model.model.encode_experts(**batch)
+    model.train()
+    dropped = model.model.drop_experts(tokens)
+    for index, name in enumerate(("structure", "texture", "motion")):
+        expected = model.model.expert_type_embedding.weight[index].expand_as(dropped[name])
+        torch.testing.assert_close(dropped[name], expected)
+    model.eval()
+    assert all(torch.equal(model.model.drop_experts(tokens)[n], tokens[n]) for n in tokens)
+    # the AU head and the disentanglement penalty still see the undropped motion tokens
+    model.train()
+    out = model(**batch)
+    assert out.au_loss > 0 and out.au_logits.std() > 0
