@@ -1,0 +1,117 @@
+"""LOSO results on SynthMER: tiny DEFT, each one-expert-off ablation, and the STSTNet baseline.
+
+    python benchmarks/bench_loso.py --clips 320 --subjects 8 [--folds N] [--out runs/bench-loso]
+
+Builds a SynthMER Uni-MER (or reuses --dataset), then for every variant trains one model per
+left-out subject with configs/sft_synth_tiny.yaml (same folds, seeds and schedule), pools the
+predictions and scores them. Clip tensors (decode + optical flow) are computed once and shared
+by all variants. Prints a markdown table and writes results.json under --out.
+"""
+
+import argparse
+import json
+import platform
+import time
+from datetime import date
+from pathlib import Path
+
+import datasets
+
+from deft_llm import facs
+from deft_llm.baselines import ststnet_loso
+from deft_llm.evaluate import EvalArguments, run_loso
+from deft_llm.metrics import classification_metrics
+from deft_llm.sft import DeftDataCollator, build_model_and_processor, parse_args
+
+RECIPE = Path(__file__).resolve().parent.parent / "configs" / "sft_synth_tiny.yaml"
+VARIANTS = {"DEFT-tiny (3 experts)": None,
+            "without structure": ["texture", "motion"],
+            "without texture": ["structure", "motion"],
+            "without motion": ["structure", "texture"]}
+
+
+def build_dataset(out: Path, clips: int, subjects: int, seed: int) -> Path:
+    from deft_llm.data.synthmer import SynthConfig, SynthMER
+    from deft_llm.data.uni_mer import build_uni_mer
+
+    folder = out / "uni-mer"
+    build_uni_mer(SynthMER(SynthConfig(n_subjects=subjects, seed=seed), clips).records(), folder)
+    return folder
+
+
+def composite(rows_truth, rows_pred):
+    pairs = [(facs.composite_class(t), facs.composite_class(p) if p else None)
+             for t, p in zip(rows_truth, rows_pred) if facs.composite_class(t)]
+    return classification_metrics([t for t, _ in pairs], [p for _, p in pairs], facs.COMPOSITE_CLASSES)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", help="an existing Uni-MER folder (default: build one)")
+    parser.add_argument("--clips", type=int, default=320)
+    parser.add_argument("--subjects", type=int, default=8)
+    parser.add_argument("--folds", type=int, default=None, help="first N subjects only")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="runs/bench-loso")
+    parser.add_argument("--variants", nargs="*", default=list(VARIANTS), help="subset of the variants")
+    parser.add_argument("--sft", nargs=argparse.REMAINDER, default=[], help="extra sft flags")
+    cli = parser.parse_args()
+    out = Path(cli.out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    dataset_path = Path(cli.dataset) if cli.dataset else build_dataset(out, cli.clips, cli.subjects, cli.seed)
+    build_seconds = time.perf_counter() - start
+
+    results, cache = {}, {}
+    for name in cli.variants:
+        experts = VARIANTS[name]
+        argv = ["--config", str(RECIPE), "--dataset_name", str(dataset_path), "--save_strategy", "no",
+                "--seed", str(cli.seed), *cli.sft]
+        if experts:
+            argv += ["--experts", *experts]
+        args, training, model_args = parse_args(argv)[:3]
+        eval_args = EvalArguments(report_dir=str(out / name.split(" (")[0].replace(" ", "-")),
+                                  folds=cli.folds)
+        t0 = time.perf_counter()
+        report = run_loso(args, training, model_args, eval_args, cache=cache)
+        results[name] = {**report["metrics"], "seconds": round(time.perf_counter() - t0, 1),
+                         "folds": report["folds"]}
+        print(name, json.dumps({k: round(v["uf1"], 3) for k, v in report["metrics"].items() if "uf1" in v}),
+              flush=True)
+
+    # The flow-only baseline on the same folds and the same motion maps.
+    rows = datasets.load_dataset(str(dataset_path), split="train")
+    args, _, model_args = parse_args(["--config", str(RECIPE), "--dataset_name", str(dataset_path)])[:3]
+    classes = [e for e in facs.EMOTIONS if e in set(rows["emotion"])]
+    model, processor = build_model_and_processor(args, model_args, classes)
+    collator = DeftDataCollator(processor, model.config, args.flow_method, cache)
+    t0 = time.perf_counter()
+    predictions, _ = ststnet_loso(rows, collator.clip_tensors, classes, folds=cli.folds, seed=cli.seed)
+    truth, predicted = [p["emotion"] for p in predictions], [p["head_emotion"] for p in predictions]
+    results["STSTNet (flow only)"] = {"head_native": classification_metrics(truth, predicted, classes),
+                                      "head_composite": composite(truth, predicted),
+                                      "seconds": round(time.perf_counter() - t0, 1)}
+
+    meta = {"machine": f"{platform.machine()} CPU, 2 cores", "date": str(date.today()),
+            "dataset": str(dataset_path), "clips": len(rows), "subjects": len(set(rows["subject"])),
+            "classes": classes, "seed": cli.seed, "build_seconds": round(build_seconds, 1)}
+    (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+
+    print(f"\n{meta['machine']}, {meta['date']}; SynthMER {meta['clips']} clips, {meta['subjects']} subjects, "
+          f"{len(classes)} classes; seed {cli.seed}; LOSO folds: {cli.folds or meta['subjects']}\n")
+    print("| model | UF1 (text) | UAR (text) | UF1 (head) | UAR (head) | UF1 3-class (head) | "
+          "AU F1 vs labels | AU F1 vs Uni-MER targets | time (s) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, r in results.items():
+        text = r.get("text_native")
+        cells = [f"{text['uf1']:.3f}" if text else "-", f"{text['uar']:.3f}" if text else "-",
+                 f"{r['head_native']['uf1']:.3f}", f"{r['head_native']['uar']:.3f}",
+                 f"{r['head_composite']['uf1']:.3f}",
+                 f"{r['aus_vs_labelled']['f1']:.3f}" if "aus_vs_labelled" in r else "-",
+                 f"{r['aus_vs_uni_mer_targets']['f1']:.3f}" if "aus_vs_uni_mer_targets" in r else "-",
+                 f"{r['seconds']:.0f}"]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""Training with TRL SFTTrainer + PEFT: recipes, collator, loss parts, resume, 2-process DDP, LOSO."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import pytest
+import torch
+import yaml
+
+from deft_llm import DeftForConditionalGeneration, DeftProcessor, facs
+from deft_llm.data.synthmer import SynthConfig, SynthMER
+from deft_llm.data.uni_mer import BuildConfig, build_uni_mer
+from deft_llm.sft import DeftArguments, DeftDataCollator, build_model_and_processor, parse_args, train
+
+REPO = Path(__file__).resolve().parent.parent
+TINY_RECIPE = REPO / "configs" / "sft_synth_tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def uni_mer(tmp_path_factory) -> Path:
+    """12 SynthMER clips of 4 subjects, built into a Uni-MER folder (Hub layout)."""
+    folder = tmp_path_factory.mktemp("uni-mer")
+    records = SynthMER(SynthConfig(n_subjects=4, seed=3, emotions=("happiness", "surprise", "disgust")),
+                       n_clips=12).records()
+    build_uni_mer(records, folder, BuildConfig(shard_size=6), progress=False)
+    return folder
+
+
+def recipe_args(uni_mer, output_dir, *extra):
+    return parse_args(["--config", str(TINY_RECIPE), "--dataset_name", str(uni_mer),
+                       "--output_dir", str(output_dir), "--per_device_train_batch_size", "4",
+                       "--logging_steps", "1", "--save_strategy", "no", *extra])[:3]
+
+
+def test_tiny_recipe_parses_and_flags_override():
+    args, training, model = parse_args(["--config", str(TINY_RECIPE), "--learning_rate", "0.01",
+                                        "--experts", "structure", "motion", "--max_steps", "3"])[:3]
+    assert args.dataset_name == "runs/uni-mer-synth" and args.preset == "tiny"
+    assert args.experts == ["structure", "motion"]
+    assert training.learning_rate == 0.01 and training.max_steps == 3
+    assert training.use_cpu and not training.bf16 and not training.activation_checkpointing
+    assert model.use_peft and model.lora_r == 16
+
+
+def test_every_recipe_key_is_a_real_argument():
+    from trl import ModelConfig, SFTConfig
+
+    from deft_llm.evaluate import EvalArguments
+
+    known = set()
+    for cls in (DeftArguments, EvalArguments, SFTConfig, ModelConfig):
+        known |= set(cls.__dataclass_fields__)
+    for recipe in sorted((REPO / "configs").glob("sft_*.yaml")):
+        unknown = set(yaml.safe_load(recipe.read_text())) - known
+        assert not unknown, f"{recipe.name}: unknown keys {unknown}"
+    for launcher in sorted((REPO / "configs" / "accelerate").glob("*.yaml")):
+        assert "distributed_type" in yaml.safe_load(launcher.read_text()), launcher.name
+
+
+def test_collator_shapes_and_answer_only_labels(uni_mer):
+    rows = datasets.load_dataset(str(uni_mer), split="train").select(range(3))
+    args = DeftArguments(dataset_name=str(uni_mer))
+    model, processor = build_model_and_processor(args, parse_args(["--config", str(TINY_RECIPE)])[2],
+                                                 ["happiness", "surprise", "disgust"])
+    collator = DeftDataCollator(processor, model.config)
+    batch = collator(list(rows))
+    assert batch["structure_pixels"].shape == (3, 3, 64, 64)
+    assert batch["texture_pixels"].shape == (3, 8, 3, 64, 64)
+    assert batch["motion_map"].shape == (3, 3, 64, 64)
+    assert batch["au_labels"].shape == (3, len(facs.AU_VOCAB))
+    assert batch["emotion_labels"].tolist() == [model.config.label2id[r["emotion"]] for r in rows]
+    for i, row in enumerate(rows):
+        answer_ids = batch["labels"][i][batch["labels"][i] != -100]
+        answer = processor.tokenizer.decode(answer_ids, skip_special_tokens=True)
+        assert answer.strip() == row["messages"][1]["content"][0]["text"]
+        counts = {t: int((batch["input_ids"][i] == model.config.expert_token_ids()[t]).sum())
+                  for t in ("structure", "texture", "motion")}
+        assert counts == {"structure": 4, "texture": 8, "motion": 14}
+    assert len(collator.cache) == 3  # clip tensors computed once per row
+    again = collator(list(rows))
+    assert torch.equal(again["motion_map"], batch["motion_map"])
+
+
+def _trainer(uni_mer, output_dir, *extra):
+    from deft_llm.sft import _trainer_class, dataset_emotions, lora_config, load_training_dataset
+
+    args, training, model_args = recipe_args(uni_mer, output_dir, *extra)
+    training.remove_unused_columns = False
+    training.dataset_kwargs = {"skip_prepare_dataset": True}
+    dataset = load_training_dataset(args)
+    model, processor = build_model_and_processor(args, model_args, dataset_emotions(dataset))
+    return _trainer_class()(model=model, args=training, train_dataset=dataset,
+                            data_collator=DeftDataCollator(processor, model.config),
+                            processing_class=processor, peft_config=lora_config(model_args))
+
+
+def test_sft_trainer_loss_falls_and_aux_losses_reach_the_gradients(uni_mer, tmp_path):
+    torch.manual_seed(0)
+    trainer = _trainer(uni_mer, tmp_path, "--max_steps", "12", "--learning_rate", "3e-3",
+                       "--warmup_steps", "0", "--max_train_samples", "4")  # one batch, overfit
+    peft_model = trainer.model
+    assert peft_model.peft_config["default"].modules_to_save  # experts + heads train fully
+    batch = trainer.data_collator(list(trainer.train_dataset.select(range(4))))
+    # One hybrid-loss backward: the heads and the motion tower get gradients from the aux terms.
+    trainer.model.train()
+    loss = trainer.compute_loss(trainer.model, dict(batch))
+    loss.backward()
+    base = peft_model.get_base_model().model
+    assert base.emotion_head.modules_to_save["default"].weight.grad.abs().sum() > 0
+    assert base.au_head.modules_to_save["default"].weight.grad.abs().sum() > 0
+    lm_only = trainer.model(**{k: v for k, v in batch.items() if k not in ("emotion_labels", "au_labels")})
+    assert loss.item() > lm_only.loss.item()  # the aux terms are part of the trained loss
+    trainer.model.zero_grad()
+
+    trainer.train()
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    assert {"lm_loss", "emotion_loss", "au_loss", "disentangle_loss"} <= set(logged[0])
+    first, last = logged[0], logged[-1]
+    assert float(last["loss"]) < 0.7 * float(first["loss"]), (first, last)
+
+
+def test_train_saves_a_merged_auto_loadable_folder_and_resumes(uni_mer, tmp_path):
+    from transformers.trainer_utils import get_last_checkpoint
+
+    args, training, model_args = recipe_args(uni_mer, tmp_path / "run", "--max_steps", "2",
+                                              "--save_strategy", "steps", "--save_steps", "2")
+    final = train(args, training, model_args)
+    files = {p.name for p in final.iterdir()}
+    assert {"model.safetensors", "config.json", "modeling_deft.py", "processor_config.json",
+            "tokenizer.json", "README.md"} <= files
+    assert not any(name.startswith("adapter") for name in files)  # LoRA merged, no PEFT needed
+    card = (final / "README.md").read_text()
+    assert "pipeline_tag: video-text-to-text" in card and "custom_code" in card
+    assert "lie or\ndeception detection" in card or "lie or deception detection" in card.replace("\n", " ")
+    model = DeftForConditionalGeneration.from_pretrained(final)
+    assert model.config.id2label == {0: "happiness", 1: "surprise", 2: "disgust"}
+    DeftProcessor.from_pretrained(final)
+
+    checkpoint = get_last_checkpoint(str(tmp_path / "run"))
+    assert checkpoint.endswith("checkpoint-2")
+    args, training, model_args = recipe_args(uni_mer, tmp_path / "run", "--max_steps", "4",
+                                              "--save_strategy", "steps", "--save_steps", "2",
+                                              "--resume_from_checkpoint", "true")
+    train(args, training, model_args)
+    state = json.loads((tmp_path / "run" / "checkpoint-4" / "trainer_state.json").read_text())
+    steps = [h["step"] for h in state["log_history"] if "loss" in h]
+    assert steps == [1, 2, 3, 4]  # steps 1-2 from the first run, 3-4 after resuming at 2
+    assert state["global_step"] == 4
+
+
+def test_two_process_ddp_launch_trains_and_saves(uni_mer, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "-m", "deft_llm.sft", "--config", str(TINY_RECIPE), "--dataset_name", str(uni_mer),
+           "--output_dir", str(tmp_path / "ddp"), "--max_steps", "2", "--per_device_train_batch_size", "2",
+           "--save_strategy", "no", "--logging_steps", "1"]
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    final = tmp_path / "ddp" / "final"
+    assert json.loads((final / "training_args.json").read_text())["num_processes"] == 2
+    model = DeftForConditionalGeneration.from_pretrained(final)
+    assert model.config.id2label == {0: "happiness", 1: "surprise", 2: "disgust"}
+
+
+def test_loso_smoke_two_folds_never_trains_on_the_test_subject(uni_mer, tmp_path):
+    from deft_llm.evaluate import EvalArguments, parse_args as eval_parse_args, run_loso
+
+    args, eval_args, training, model_args = eval_parse_args(
+        ["--config", str(TINY_RECIPE), "--dataset_name", str(uni_mer), "--report_dir", str(tmp_path),
+         "--folds", "2", "--max_steps", "2", "--per_device_train_batch_size", "4", "--save_strategy", "no",
+         "--max_new_tokens", "8"])
+    report = run_loso(args, training, model_args, eval_args)
+    subjects = sorted(set(datasets.load_dataset(str(uni_mer), split="train")["subject"]))
+    assert report["folds"] == subjects[:2]
+    for test_subject in report["folds"]:
+        trained = json.loads((tmp_path / f"fold-{test_subject}" / "final" / "training_args.json").read_text())
+        assert trained["excluded_subjects"] == [test_subject]
+    predictions = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert {p["subject"] for p in predictions} == set(report["folds"])
+    metrics = report["metrics"]
+    assert metrics["head_native"]["n"] == len(predictions)
+    assert 0 <= metrics["head_native"]["uf1"] <= 1 and "aus_vs_labelled" in metrics
+    assert (tmp_path / "confusion_head_native.png").read_bytes()[:4] == b"\x89PNG"
