@@ -111,13 +111,12 @@ def run_loso(args, training_args, model_args, eval_args: EvalArguments, cache: d
 
     from .modeling_deft import DeftForConditionalGeneration
     from .processing_deft import DeftProcessor
-    from .sft import DeftDataCollator, dataset_emotions, train
+    from .sft import DeftDataCollator, dataset_emotions, train, with_label_set
 
     report_dir = Path(eval_args.report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
     dataset = datasets.load_dataset(args.dataset_name, args.dataset_config, split=args.dataset_train_split)
-    if args.label_set == "composite":
-        dataset = dataset.filter(lambda c: c is not None, input_columns="composite")
+    dataset = with_label_set(dataset, args.label_set)
     classes = dataset_emotions(dataset, args.label_set)
     folds = loso_folds(dataset["subject"])[: eval_args.folds]
     cache = {} if cache is None else cache

@@ -70,6 +70,18 @@ class DeftArguments:
 # ---------------------------------------------------------------------------------------------
 # Data
 # ---------------------------------------------------------------------------------------------
+LABEL_SETS = ("native", "composite")
+
+
+def with_label_set(dataset, label_set: str):
+    """Rows that have a class under ``label_set`` (composite: ``others`` is left out)."""
+    if label_set not in LABEL_SETS:
+        raise ValueError(f"label_set must be one of {LABEL_SETS}, got {label_set!r}")
+    if label_set == "composite":
+        dataset = dataset.filter(lambda c: c is not None, input_columns="composite")
+    return dataset
+
+
 def load_training_dataset(args: DeftArguments, split: str | None = None):
     """The Uni-MER split, restricted to the requested subjects (never the excluded ones)."""
     import datasets
@@ -82,18 +94,12 @@ def load_training_dataset(args: DeftArguments, split: str | None = None):
     if keep or drop:
         dataset = dataset.filter(lambda s: (not keep or s in keep) and s not in drop,
                                  input_columns="subject")
-    if args.label_set not in LABEL_SETS:
-        raise ValueError(f"label_set must be one of {LABEL_SETS}, got {args.label_set!r}")
-    if args.label_set == "composite":
-        dataset = dataset.filter(lambda c: c is not None, input_columns="composite")
+    dataset = with_label_set(dataset, args.label_set)
     if args.max_train_samples:
         dataset = dataset.select(range(min(args.max_train_samples, len(dataset))))
     if len(dataset) == 0:
         raise ValueError(f"no training rows left in {args.dataset_name} after the subject filters")
     return dataset
-
-
-LABEL_SETS = ("native", "composite")
 
 
 def row_emotion(row: dict, label_set: str = "native") -> str | None:

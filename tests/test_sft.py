@@ -186,3 +186,19 @@ def test_loso_smoke_two_folds_never_trains_on_the_test_subject(uni_mer, tmp_path
     assert metrics["head_native"]["n"] == len(predictions)
     assert 0 <= metrics["head_native"]["uf1"] <= 1 and "aus_vs_labelled" in metrics
     assert (tmp_path / "confusion_head_native.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_label_sets_native_and_composite(uni_mer):
+    from deft_llm.sft import dataset_emotions, row_emotion, with_label_set
+
+    rows = datasets.load_dataset(str(uni_mer), split="train")
+    assert dataset_emotions(rows) == ["happiness", "surprise", "disgust"]
+    assert dataset_emotions(rows, "composite") == ["negative", "positive", "surprise"]
+    row = rows[0]
+    assert row_emotion(row, "composite") == facs.composite_class(row["emotion"])
+    coarse = rows.map(lambda r: {"emotion": None})  # SMIC: no fine label, only the composite one
+    with pytest.raises(ValueError, match="label_set=composite"):
+        dataset_emotions(coarse)
+    assert dataset_emotions(coarse, "composite") == ["negative", "positive", "surprise"]
+    with pytest.raises(ValueError, match="label_set must be one of"):
+        with_label_set(rows, "fine")
