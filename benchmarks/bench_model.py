@@ -77,7 +77,9 @@ def main():
     print(f"| its language model alone | {lm_s * 1e3:.1f} | 1.00 |\n")
 
     parts = {f"{name} expert (tower + projector)": expert for name, expert in deft.model.experts.items()}
-    parts["language model (tied LM head)"] = deft.model.language_model
+    parts["language model"] = deft.model.language_model
+    if not config.tie_word_embeddings:
+        parts["LM head"] = deft.lm_head
     parts["heads + expert-type embedding"] = [deft.model.emotion_head, deft.model.au_head,
                                               deft.model.expert_type_embedding]
     print("| part | parameters |")

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoModel, GenerationMixin, PreTrainedModel
+from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
@@ -435,15 +435,23 @@ class DeftForConditionalGeneration(DeftPreTrainedModel, GenerationMixin):
     def from_pretrained_towers(cls, config: DeftConfig, **load_kwargs) -> "DeftForConditionalGeneration":
         """A fresh DEFT model whose towers/LLM start from ``config.pretrained_towers`` (Hub ids).
 
-        Projectors, heads and towers without a name start from scratch. Downloads weights.
+        Projectors, heads and towers without a name start from scratch. Each tower is loaded
+        with its class and sub-config here (a SigLIP checkpoint gives only its vision tower);
+        the LLM comes with its own LM head. Downloads weights.
         """
         model = cls(config)
         for name, repo in config.pretrained_towers.items():
             if name == "text":
-                model.model.language_model = AutoModel.from_pretrained(repo, **load_kwargs)
+                causal_lm = AutoModelForCausalLM.from_pretrained(repo, config=config.text_config, **load_kwargs)
+                model.model.language_model = causal_lm.get_decoder()
+                model.lm_head = causal_lm.get_output_embeddings()
             elif name in model.model.experts:
-                model.model.experts[name].tower = AutoModel.from_pretrained(repo, **load_kwargs)
-        model.tie_weights()
+                expert = model.model.experts[name]
+                tower = type(expert.tower).from_pretrained(repo, config=getattr(config, f"{name}_config"),
+                                                           **load_kwargs)
+                if getattr(tower, "pooler", None) is not None:
+                    tower.pooler = None
+                expert.tower = tower
         return model
 
 

@@ -84,10 +84,17 @@ def test_forward_backward_reports_every_finite_loss_part(config):
     assert model.model.au_head.weight.grad.abs().sum() > 0
 
 
-def test_config_tokens_and_tied_head(config):
+def test_config_tokens_and_head_tying(config):
     assert config.expert_num_tokens() == {"structure": 4, "texture": 8, "motion": 14}
+    # The tiny LM trains its embeddings and head separately (untied); a tied LLM stays tied.
     model = DeftForConditionalGeneration(config)
-    assert model.lm_head.weight is model.model.language_model.embed_tokens.weight
+    assert model.lm_head.weight is not model.model.language_model.embed_tokens.weight
+    from transformers import LlamaConfig
+
+    tied_text = LlamaConfig(**{**config.text_config.to_dict(), "tie_word_embeddings": True})
+    tied = DeftForConditionalGeneration(DeftConfig(text_config=tied_text))
+    assert tied.config.tie_word_embeddings
+    assert tied.lm_head.weight is tied.model.language_model.embed_tokens.weight
     with pytest.raises(ValueError, match="square"):
         DeftConfig(num_structure_tokens=5)
     with pytest.raises(ValueError, match="subset"):
@@ -291,3 +298,22 @@ def test_expert_dropout_blanks_whole_experts_in_training_only():
     model.train()
     out = model(**batch)
     assert out.au_loss > 0 and out.au_logits.std() > 0
+
+
+def test_pretrained_towers_load_by_name_from_hub_layout_folders(tmp_path):
+    """Paper-scale models start from named towers; local folders stand in for Hub ids here."""
+    from transformers import LlamaForCausalLM, ViTModel
+
+    config = DeftConfig()
+    lm = LlamaForCausalLM(config.text_config)
+    lm.save_pretrained(tmp_path / "lm")
+    vit = ViTModel(config.motion_config, add_pooling_layer=False)
+    vit.save_pretrained(tmp_path / "vit")
+    named = DeftConfig(pretrained_towers={"text": str(tmp_path / "lm"), "motion": str(tmp_path / "vit")})
+    model = DeftForConditionalGeneration.from_pretrained_towers(named)
+    assert torch.equal(model.lm_head.weight, lm.lm_head.weight)  # the LLM brings its own head
+    assert torch.equal(model.model.language_model.layers[0].mlp.up_proj.weight, lm.model.layers[0].mlp.up_proj.weight)
+    patch = model.model.experts["motion"].tower.embeddings.patch_embeddings.projection.weight
+    assert torch.equal(patch, vit.embeddings.patch_embeddings.projection.weight)
+    assert model.model.experts["motion"].tower.pooler is None
+    assert torch.isfinite(model(**make_batch(named)).loss)
