@@ -245,8 +245,13 @@ class DeftVideoProcessor(BaseImageProcessor):
     def analyze(self, video, onset: int | None = None, apex: int | None = None,
                 offset: int | None = None, first_frame_number: int | None = None,
                 flow_method: str | None = None, face: str | None = None,
-                name: str | None = None) -> ClipAnalysis:
-        """Read one clip, crop the face, resolve onset/apex/offset, measure motion, build tensors."""
+                name: str | None = None, measure_noise: bool = True) -> ClipAnalysis:
+        """Read one clip, crop the face, resolve onset/apex/offset, measure motion, build tensors.
+
+        ``measure_noise=False`` skips the reference flow of ``noise_reference`` (the noise floor
+        then comes from the apex flow): the model's tensors do not depend on it, only the
+        AU evidence does.
+        """
         if isinstance(video, dict):
             spec = dict(video)
             sources = [spec.pop(k) for k in _VIDEO_KEYS if k in spec]
@@ -288,7 +293,7 @@ class DeftVideoProcessor(BaseImageProcessor):
         onset_face = crop_resize(frames.gray(onset_idx), crop_box, self.flow_size)
         apex_face = crop_resize(frames.gray(apex_idx), crop_box, self.flow_size)
         reference = None
-        if self.noise_reference and onset_idx + 1 < apex_idx:
+        if measure_noise and self.noise_reference and onset_idx + 1 < apex_idx:
             reference = crop_resize(frames.gray(onset_idx + 1), crop_box, self.flow_size)
         measurement = measure_motion(onset_face, apex_face, method, reference=reference)
 
@@ -378,7 +383,8 @@ class DeftVideoProcessor(BaseImageProcessor):
         analyses = []
         iterator = logging.tqdm(list(zip(clips, *per_clip)), desc="clips", disable=len(clips) < 32)
         for clip, onset, apex, offset, first, name in iterator:
-            analyses.append(self.analyze(clip, onset, apex, offset, first, flow_method, face, name))
+            analyses.append(self.analyze(clip, onset, apex, offset, first, flow_method, face, name,
+                                         measure_noise=return_motion))
         data = {"structure_pixels": np.stack([a.structure for a in analyses]),
                 "texture_pixels": np.stack([a.texture for a in analyses]),
                 "motion_map": np.stack([a.motion for a in analyses])}
