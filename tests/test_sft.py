@@ -43,7 +43,7 @@ def test_tiny_recipe_parses_and_flags_override():
     assert args.experts == ["structure", "motion"]
     assert training.learning_rate == 0.01 and training.max_steps == 3
     assert training.use_cpu and not training.bf16 and not training.activation_checkpointing
-    assert model.use_peft and model.lora_r == 16
+    assert model.use_peft and model.lora_r == 32 and "embed_tokens" in model.lora_modules_to_save
 
 
 def test_every_recipe_key_is_a_real_argument():
@@ -154,9 +154,8 @@ def test_train_saves_a_merged_auto_loadable_folder_and_resumes(uni_mer, tmp_path
 
 def test_two_process_ddp_launch_trains_and_saves(uni_mer, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "-m", "deft_llm.sft", "--config", str(TINY_RECIPE), "--dataset_name", str(uni_mer),
+    cmd = [sys.executable, "-m", "accelerate.commands.launch",
+           "--config_file", str(REPO / "configs" / "accelerate" / "cpu_ddp.yaml"), "-m", "deft_llm.sft", "--config", str(TINY_RECIPE), "--dataset_name", str(uni_mer),
            "--output_dir", str(tmp_path / "ddp"), "--max_steps", "2", "--per_device_train_batch_size", "2",
            "--save_strategy", "no", "--logging_steps", "1"]
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
