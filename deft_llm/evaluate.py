@@ -36,6 +36,9 @@ logger = logging.getLogger(__name__)
 class EvalArguments:
     report_dir: str = field(default="runs/loso", metadata={"help": "where report.json and PNGs go"})
     folds: int | None = field(default=None, metadata={"help": "evaluate only the first N subjects' folds"})
+    subjects: list[str] | None = field(default=None, metadata={
+        "help": "evaluate only these subjects' folds (to split a LOSO run over machines; "
+                "pool the predictions.jsonl files with `score`)"})
     eval_batch_size: int = field(default=16, metadata={"help": "clips per generate call"})
     max_new_tokens: int = field(default=160, metadata={"help": "answer length cap"})
 
@@ -118,7 +121,10 @@ def run_loso(args, training_args, model_args, eval_args: EvalArguments, cache: d
     dataset = datasets.load_dataset(args.dataset_name, args.dataset_config, split=args.dataset_train_split)
     dataset = with_label_set(dataset, args.label_set)
     classes = dataset_emotions(dataset, args.label_set)
-    folds = loso_folds(dataset["subject"])[: eval_args.folds]
+    folds = loso_folds(dataset["subject"])
+    if eval_args.subjects:
+        folds = [fold for fold in folds if fold[0] in set(eval_args.subjects)]
+    folds = folds[: eval_args.folds]
     cache = {} if cache is None else cache
     predictions, timings = [], {}
     for test_subject, train_subjects in folds:
