@@ -7,6 +7,7 @@ the card of the bundled demo checkpoint, made by the same function.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import yaml
@@ -138,9 +139,10 @@ def render_model_card(config, training: dict | None = None, results: dict | None
     if results:
         metadata["model-index"] = [{"name": "DEFT-LLM", "results": [{
             "task": {"type": "video-text-to-text", "name": results.get("task", "micro-expression recognition")},
-            "dataset": {"type": results.get("dataset", "synthmer"), "name": results.get("dataset", "SynthMER")},
-            "metrics": [{"type": k, "value": round(float(v), 4), "name": k}
-                        for k, v in results["metrics"].items()]}]}]
+            "dataset": {"type": re.sub(r"[^a-z0-9]+", "-", results.get("dataset", "synthmer").lower()),
+                        "name": results.get("dataset", "SynthMER")},
+            "metrics": [{"type": re.sub(r"[^a-z0-9]+", "_", k.lower()).strip("_"), "value": round(float(v), 4),
+                         "name": k} for k, v in results["metrics"].items()]}]}]
     results_text = ("No evaluation recorded for this checkpoint yet." if not results else
                     "\n".join([f"{results.get('protocol', '')}", "", "| metric | value |", "|---|---|"]
                               + [f"| {k} | {float(v):.3f} |" for k, v in results["metrics"].items()]))
