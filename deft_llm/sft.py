@@ -146,7 +146,7 @@ class DeftDataCollator:
         if key not in self.cache:
             analysis = self.processor.image_processor.analyze(
                 example_frames(row), onset=row["onset"], apex=row["apex"], offset=row["offset"],
-                face="none", flow_method=self.flow_method)
+                face="none", flow_method=self.flow_method, measure_noise=False)  # tensors only
             self.cache[key] = {"structure_pixels": analysis.structure, "texture_pixels": analysis.texture,
                                "motion_map": analysis.motion}
         return self.cache[key]
