@@ -249,8 +249,14 @@ class DeftModel(DeftPreTrainedModel):
         return dropped
 
     def merge(self, input_ids: torch.Tensor, inputs_embeds: torch.Tensor,
-              expert_tokens: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Scatter each expert's tokens into its placeholder positions, with clear mismatches."""
+              expert_tokens: dict[str, torch.Tensor], decoding: bool = False) -> torch.Tensor:
+        """Scatter each expert's tokens into its placeholder positions, with clear mismatches.
+
+        ``decoding``: a cached decoding step; a placeholder id the model generated there is an
+        ordinary token (the clip was merged at prefill), not a request for expert features.
+        """
+        if decoding and not expert_tokens:
+            return inputs_embeds
         token_ids = self.config.expert_token_ids()
         for name in EXPERTS:
             mask = input_ids == token_ids[name]
@@ -303,8 +309,9 @@ class DeftModel(DeftPreTrainedModel):
         expert_tokens = self.encode_experts(structure_pixels=structure_pixels,
                                             texture_pixels=texture_pixels, motion_map=motion_map)
         if inputs_embeds is None:
+            decoding = cache is not None and cache.get_seq_length() > 0
             inputs_embeds = self.merge(input_ids, self.get_input_embeddings()(input_ids),
-                                       self.drop_experts(expert_tokens))
+                                       self.drop_experts(expert_tokens), decoding)
         elif expert_tokens:
             raise ValueError("Expert inputs need input_ids to find their placeholders, not inputs_embeds")
 

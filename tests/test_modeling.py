@@ -317,3 +317,18 @@ def test_pretrained_towers_load_by_name_from_hub_layout_folders(tmp_path):
     assert torch.equal(patch, vit.embeddings.patch_embeddings.projection.weight)
     assert model.model.experts["motion"].tower.pooler is None
     assert torch.isfinite(model(**make_batch(named)).loss)
+
+
+def test_a_generated_placeholder_id_is_an_ordinary_token_while_decoding(config):
+    """An (untrained) model may emit <|motion|> mid-answer; decoding must not ask for a clip."""
+    from transformers import DynamicCache
+
+    model = DeftForConditionalGeneration(config).eval()
+    inputs = model_inputs(make_batch(config, batch_size=1))
+    with torch.no_grad():
+        prefill = model(**inputs, use_cache=True)
+        step = torch.tensor([[config.motion_token_id]])
+        out = model(input_ids=step, cache=prefill.cache, use_cache=True)
+    assert isinstance(prefill.cache, DynamicCache) and out.logits.shape == (1, 1, config.text_config.vocab_size)
+    with pytest.raises(ValueError, match="placeholders but no `motion_map`"):
+        model(input_ids=step)  # without a cache it is a prompt: the clip is missing
