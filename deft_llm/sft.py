@@ -28,7 +28,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from . import facs
 from .configuration_deft import DeftConfig
 from .modeling_deft import DeftForConditionalGeneration
-from .processing_deft import DeftProcessor
+from .processing_deft import PLACEHOLDERS, DeftProcessor
 
 logger = logging.getLogger(__name__)
 
@@ -197,17 +197,22 @@ def build_model_and_processor(args: DeftArguments, model_args, emotions: list[st
     elif args.preset == "paper_scale":
         from transformers import AutoTokenizer
 
-        config = DeftConfig.paper_scale(**config_kwargs)
-        name = args.language_model_name_or_path or config.pretrained_towers["text"]
-        config.pretrained_towers["text"] = name
+        name = args.language_model_name_or_path or DeftConfig.paper_scale().pretrained_towers["text"]
         tokenizer = AutoTokenizer.from_pretrained(name)
-        tokenizer.add_special_tokens({"additional_special_tokens": ["<|structure|>", "<|texture|>", "<|motion|>"]})
+        tokenizer.add_special_tokens({"additional_special_tokens": list(PLACEHOLDERS.values())})
+        # The placeholders' ids are wherever this tokenizer put them (151665-7 for Qwen2.5).
+        ids = {f"{e}_token_id": tokenizer.convert_tokens_to_ids(t) for e, t in PLACEHOLDERS.items()}
+        config = DeftConfig.paper_scale(**config_kwargs, **ids)
+        config.pretrained_towers["text"] = name
+        if len(tokenizer) > config.text_config.vocab_size:
+            raise ValueError(f"tokenizer {name} has {len(tokenizer)} tokens with the placeholders, more than "
+                             f"the language model's vocab_size {config.text_config.vocab_size}")
     else:
         raise ValueError(f"unknown preset {args.preset!r}: tiny | paper_scale")
     if args.load_pretrained_towers:
         model = DeftForConditionalGeneration.from_pretrained_towers(config, **_dtype(model_args))
     else:
-        model = DeftForConditionalGeneration(config)
+        model = DeftForConditionalGeneration._from_config(config, **_dtype(model_args))
     return model, DeftProcessor.from_config(config, tokenizer, flow_method=args.flow_method)
 
 
