@@ -12,7 +12,8 @@ Read top to bottom:
    scatters the expert tokens there (the llava-onevision pattern);
 4. the **language model** reads the prompt and writes the answer;
 5. two **heads** make the model discriminative too: an emotion head on the LLM's states at the
-   expert tokens, an AU head on the motion tokens;
+   expert tokens, read token by token (which region moved matters; a mean would lose it), an
+   AU head on the motion tokens;
 6. the **hybrid loss**: LM + emotion cross-entropy + AU binary cross-entropy + a
    disentanglement penalty that decorrelates the experts' pooled features.
 
@@ -213,7 +214,7 @@ class DeftModel(DeftPreTrainedModel):
         hidden = config.text_config.hidden_size
         self.expert_type_embedding = nn.Embedding(len(EXPERTS), hidden)
         self.language_model = AutoModel.from_config(config.text_config)
-        self.emotion_head = nn.Linear(hidden, config.num_labels)
+        self.emotion_head = nn.Linear(sum(config.expert_num_tokens().values()) * hidden, config.num_labels)
         self.au_head = (nn.Linear(config.num_motion_tokens * hidden, len(config.au_labels))
                         if "motion" in config.experts else None)
         self.post_init()
@@ -321,13 +322,8 @@ class DeftModel(DeftPreTrainedModel):
         hidden = outputs.last_hidden_state
 
         emotion_logits = au_logits = None
-        if expert_tokens:
-            # The emotion head reads the LLM's states at the expert tokens (mean over them).
-            expert_mask = torch.isin(input_ids, torch.tensor(
-                [self.config.expert_token_ids()[n] for n in expert_tokens], device=input_ids.device))
-            weights = expert_mask.unsqueeze(-1).to(hidden.dtype)
-            pooled_state = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
-            emotion_logits = self.emotion_head(pooled_state)
+        if expert_tokens and set(expert_tokens) == set(self.config.experts):
+            emotion_logits = self.emotion_head(self.expert_states(input_ids, hidden))
         if "motion" in expert_tokens:
             au_logits = self.au_head(expert_tokens["motion"].flatten(1))
 
@@ -336,6 +332,21 @@ class DeftModel(DeftPreTrainedModel):
                                        hidden_states=outputs.hidden_states,
                                        attentions=outputs.attentions, emotion_logits=emotion_logits,
                                        au_logits=au_logits, **losses)
+
+    def expert_states(self, input_ids: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """(B, num_expert_tokens * hidden): the LLM's states at each expert's tokens, concatenated
+        in the model's expert order whatever the prompt's, so every feature keeps its meaning
+        (motion token k is always region k)."""
+        token_ids, counts = self.config.expert_token_ids(), self.config.expert_num_tokens()
+        states = []
+        for name, count in counts.items():
+            mask = input_ids == token_ids[name]
+            per_clip = mask.sum(1)
+            if not bool((per_clip == count).all()):
+                raise ValueError(f"the emotion head needs {count} <|{name}|> tokens in every "
+                                 f"row of input_ids, got {per_clip.tolist()}")
+            states.append(hidden[mask].reshape(hidden.shape[0], -1))
+        return torch.cat(states, dim=-1)
 
     def _aux_losses(self, expert_tokens, emotion_logits, au_logits, emotion_labels, au_labels) -> dict:
         """Emotion CE, AU BCE (unknown entries masked) and the disentanglement penalty."""

@@ -198,6 +198,31 @@ def test_placeholder_mismatches_are_clear_errors(config):
     no_motion = DeftForConditionalGeneration(DeftConfig(experts=["structure", "texture"])).eval()
     with pytest.raises(ValueError, match="motion expert is switched off"):
         no_motion(**batch)
+    # Right total, wrong split between rows: the emotion head reads each row's tokens in order.
+    uneven = batch["input_ids"].clone()
+    first_motion = int((uneven[0] == config.motion_token_id).nonzero()[0])
+    uneven[0, first_motion] = 11
+    uneven[1, 1] = config.motion_token_id
+    with pytest.raises(ValueError, match=r"needs 14 <\|motion\|> tokens in every row of input_ids, got \[13, 15\]"):
+        model(**{**batch, "input_ids": uneven})
+
+
+def test_emotion_head_reads_each_region_token_not_their_mean(config):
+    """Swapping two motion region tokens changes the emotion head's input (a mean would not)."""
+    model = DeftForConditionalGeneration(config).eval()
+    batch = model_inputs(make_batch(config, batch_size=2))
+    hidden = torch.randn(*batch["input_ids"].shape, config.text_config.hidden_size)
+    states = model.model.expert_states(batch["input_ids"], hidden)
+    n_tokens = sum(config.expert_num_tokens().values())
+    assert states.shape == (2, n_tokens * config.text_config.hidden_size)
+    assert model.model.emotion_head.in_features == states.shape[1]
+    motion = (batch["input_ids"][0] == config.motion_token_id).nonzero().flatten()
+    swapped = hidden.clone()
+    swapped[0, motion[0]], swapped[0, motion[1]] = hidden[0, motion[1]], hidden[0, motion[0]]
+    assert not torch.equal(model.model.expert_states(batch["input_ids"], swapped)[0], states[0])
+    # The structure tokens come first in the features, wherever the prompt put them.
+    first_structure = int((batch["input_ids"][0] == config.structure_token_id).nonzero()[0])
+    assert torch.equal(states[0, :config.text_config.hidden_size], hidden[0, first_structure])
 
 
 def test_bf16_forward(config):
