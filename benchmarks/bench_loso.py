@@ -56,10 +56,16 @@ def main():
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), help="subset of the variants")
     parser.add_argument("--no-baseline", action="store_true", help="skip STSTNet")
     parser.add_argument("--baseline-epochs", type=int, default=100)
+    parser.add_argument("--label", default="", help="appended to each result's name, e.g. '20 epochs'")
+    parser.add_argument("--merge", nargs="+", metavar="RESULTS_JSON",
+                        help="only merge the results.json of separate runs (e.g. one per variant, run "
+                             "in parallel) into one table and --out/results.json")
     parser.add_argument("--sft", nargs=argparse.REMAINDER, default=[], help="extra sft flags")
     cli = parser.parse_args()
     out = Path(cli.out)
     out.mkdir(parents=True, exist_ok=True)
+    if cli.merge:
+        return merge(cli.merge, out)
     start = time.perf_counter()
     dataset_path = Path(cli.dataset) if cli.dataset else build_dataset(out, cli.clips, cli.subjects, cli.seed)
     build_seconds = time.perf_counter() - start
@@ -76,7 +82,7 @@ def main():
                                   folds=cli.folds)
         t0 = time.perf_counter()
         report = run_loso(args, training, model_args, eval_args, cache=cache)
-        results[name] = {**report["metrics"], "seconds": round(time.perf_counter() - t0, 1),
+        results[f"{name}, {cli.label}" if cli.label else name] = {**report["metrics"], "seconds": round(time.perf_counter() - t0, 1),
                          "folds": report["folds"]}
         print(name, json.dumps({k: round(v["uf1"], 3) for k, v in report["metrics"].items() if "uf1" in v}),
               flush=True)
@@ -86,6 +92,29 @@ def main():
     if not cli.no_baseline:  # the flow-only baseline on the same folds and the same motion maps
         results["STSTNet (flow only)"] = baseline(rows, dataset_path, classes, cache, cli)
     write_table(results, rows, classes, cli, out, build_seconds, dataset_path)
+
+
+def machine() -> str:
+    import os
+
+    import torch
+
+    cores = f"{os.cpu_count()} cores"
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()} + {platform.machine()} CPU, {cores}"
+    return f"{platform.machine()} CPU, {cores}"
+
+
+def merge(paths: list[str], out: Path) -> None:
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    meta = dict(runs[0]["meta"])
+    for run in runs[1:]:
+        for key in ("dataset", "clips", "subjects", "classes", "seed", "folds"):
+            if run["meta"].get(key) != meta.get(key):
+                raise ValueError(f"cannot merge runs with different {key}: {run['meta'].get(key)} vs {meta.get(key)}")
+    results = {name: r for run in runs for name, r in run["results"].items()}
+    (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    print_table(meta, results)
 
 
 def baseline(rows, dataset_path, classes, cache, cli) -> dict:
@@ -101,26 +130,31 @@ def baseline(rows, dataset_path, classes, cache, cli) -> dict:
 
 
 def write_table(results, rows, classes, cli, out, build_seconds, dataset_path):
-    meta = {"machine": f"{platform.machine()} CPU, 2 cores", "date": str(date.today()),
+    meta = {"machine": machine(), "date": str(date.today()),
             "dataset": str(dataset_path), "clips": len(rows), "subjects": len(set(rows["subject"])),
-            "classes": classes, "seed": cli.seed, "build_seconds": round(build_seconds, 1)}
+            "classes": classes, "seed": cli.seed, "folds": cli.folds or len(set(rows["subject"])),
+            "build_seconds": round(build_seconds, 1)}
     (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    print_table(meta, results)
 
+
+def print_table(meta: dict, results: dict) -> None:
     print(f"\n{meta['machine']}, {meta['date']}; SynthMER {meta['clips']} clips, {meta['subjects']} subjects, "
-          f"{len(classes)} classes; seed {cli.seed}; LOSO folds: {cli.folds or meta['subjects']}\n")
-    print("| model | UF1 (text) | UAR (text) | UF1 (head) | UAR (head) | UF1 3-class (head) | "
-          "AU F1 vs labels | AU F1 vs Uni-MER targets | time (s) |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for name, r in results.items():
-        text = r.get("text_native")
-        cells = [f"{text['uf1']:.3f}" if text else "-", f"{text['uar']:.3f}" if text else "-",
-                 f"{r['head_native']['uf1']:.3f}", f"{r['head_native']['uar']:.3f}",
-                 f"{r['head_composite']['uf1']:.3f}",
-                 f"{r['aus_vs_labelled']['f1']:.3f}" if "aus_vs_labelled" in r else "-",
-                 f"{r['aus_vs_uni_mer_targets']['f1']:.3f}" if "aus_vs_uni_mer_targets" in r else "-",
-                 f"{r['seconds']:.0f}"]
-        print(f"| {name} | " + " | ".join(cells) + " |")
+          f"{len(meta['classes'])} classes; seed {meta['seed']}; LOSO folds: {meta['folds']}\n")
+    print("| model | UF1 text | UAR text | UF1 head | UAR head | acc. head | UF1 3-class head | "
+          "UF1 3-class text | AU F1 vs labels | AU F1 vs Uni-MER targets | AU F1, AU head | time (s) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
 
+    def cell(r, key, field="uf1"):
+        return f"{r[key][field]:.3f}" if key in r else "-"
+
+    for name, r in results.items():
+        cells = [cell(r, "text_native"), cell(r, "text_native", "uar"), cell(r, "head_native"),
+                 cell(r, "head_native", "uar"), cell(r, "head_native", "accuracy"),
+                 cell(r, "head_composite"), cell(r, "text_composite"),
+                 cell(r, "aus_vs_labelled", "f1"), cell(r, "aus_vs_uni_mer_targets", "f1"),
+                 cell(r, "au_head_vs_labelled", "f1"), f"{r['seconds']:.0f}"]
+        print(f"| {name} | " + " | ".join(cells) + " |")
 
 if __name__ == "__main__":
     main()

@@ -73,11 +73,14 @@ def predict(model, processor, rows, collator, batch_size: int = 16, max_new_toke
         clips = [collator.clip_tensors(row) for row in batch]
         inputs = {**encoded, **{k: torch.from_numpy(np.stack([c[k] for c in clips])) for k in clips[0]}}
         inputs = {k: v.to(model.device) for k, v in inputs.items()}
-        head = model(**inputs).emotion_logits.float().softmax(-1).cpu()
+        outputs = model(**inputs)
+        head = outputs.emotion_logits.float().softmax(-1).cpu()
+        au_probs = (outputs.au_logits.float().sigmoid().cpu() if outputs.au_logits is not None
+                    else torch.zeros(len(batch), 0))
         generated = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
                                    stop_strings=["Reason:"], tokenizer=tokenizer)
         parsed = processor.post_process(generated, inputs["input_ids"])
-        for row, answer, probs in zip(batch, parsed, head):
+        for row, answer, probs, aus in zip(batch, parsed, head, au_probs):
             predictions.append({
                 "id": row["id"], "subject": row["subject"],
                 "emotion": row_emotion(row, collator.label_set),
@@ -86,6 +89,7 @@ def predict(model, processor, rows, collator, batch_size: int = 16, max_new_toke
                 "labelled_aus": _au_numbers(row["labelled_aus"]),
                 "kept_aus": _au_numbers(row["kept_aus"]),
                 "predicted_aus": answer["aus"], "text": answer["text"],
+                "head_aus": [au for au, q in zip(model.config.au_labels, aus.tolist()) if q > 0.5],
             })
     return predictions
 
@@ -105,6 +109,9 @@ def score(predictions: list[dict], classes: list[str]) -> dict:
     predicted_aus = [p["predicted_aus"] for p in predictions]
     report["aus_vs_labelled"] = au_metrics([p["labelled_aus"] for p in predictions], predicted_aus)
     report["aus_vs_uni_mer_targets"] = au_metrics([p["kept_aus"] for p in predictions], predicted_aus)
+    if all("head_aus" in p for p in predictions):  # the AU head (p > 0.5), not the explanation
+        report["au_head_vs_labelled"] = au_metrics([p["labelled_aus"] for p in predictions],
+                                                   [_au_numbers(p["head_aus"]) for p in predictions])
     return report
 
 

@@ -184,6 +184,8 @@ def test_loso_smoke_two_folds_never_trains_on_the_test_subject(uni_mer, tmp_path
     metrics = report["metrics"]
     assert metrics["head_native"]["n"] == len(predictions)
     assert 0 <= metrics["head_native"]["uf1"] <= 1 and "aus_vs_labelled" in metrics
+    assert "au_head_vs_labelled" in metrics
+    assert all(set(p["head_aus"]) <= set(facs.AU_VOCAB) for p in predictions)
     assert (tmp_path / "confusion_head_native.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -201,3 +203,22 @@ def test_label_sets_native_and_composite(uni_mer):
     assert dataset_emotions(coarse, "composite") == ["negative", "positive", "surprise"]
     with pytest.raises(ValueError, match="label_set must be one of"):
         with_label_set(rows, "fine")
+
+
+def test_score_reads_the_au_head_apart_from_the_explanation():
+    from deft_llm.evaluate import score
+
+    def prediction(emotion, text_emotion, head_emotion, labelled, explained, head_aus):
+        return {"emotion": emotion, "text_emotion": text_emotion, "head_emotion": head_emotion,
+                "labelled_aus": labelled, "kept_aus": labelled, "predicted_aus": explained,
+                "head_aus": head_aus}
+
+    predictions = [prediction("happiness", "happiness", "happiness", ["AU6", "AU12"], ["AU12"], ["AU6", "AU12", "AU25"]),
+                   prediction("surprise", None, "happiness", ["AU1", "AU2"], [], ["AU2"])]
+    report = score(predictions, ["happiness", "surprise"])
+    # AU head: tp AU6, AU12, AU2 = 3; fp AU25 = 1; fn AU1 = 1 -> P 0.75, R 0.75
+    assert report["au_head_vs_labelled"]["precision"] == pytest.approx(0.75)
+    assert report["au_head_vs_labelled"]["recall"] == pytest.approx(0.75)
+    # explanations: tp AU12 = 1; fn AU6, AU1, AU2 = 3 -> P 1.0, R 0.25, F1 0.4
+    assert report["aus_vs_labelled"]["f1"] == pytest.approx(0.4)
+    assert report["head_native"]["accuracy"] == 0.5 and report["text_native"]["accuracy"] == 0.5
