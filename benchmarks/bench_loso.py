@@ -106,27 +106,20 @@ def machine() -> str:
 
 
 def merge(paths: list[str], out: Path) -> None:
+    """One table from runs made apart (e.g. in parallel, or on different machines). The runs must
+    share clips, subjects, classes, seed and folds; the dataset folder may differ in path only
+    (each machine builds the same seeded SynthMER itself). Rows keep their own machine."""
     runs = [json.loads(Path(p).read_text()) for p in paths]
     meta = dict(runs[0]["meta"])
     for run in runs[1:]:
-        for key in ("dataset", "clips", "subjects", "classes", "seed", "folds"):
+        for key in ("clips", "subjects", "classes", "seed", "folds"):
             if run["meta"].get(key) != meta.get(key):
                 raise ValueError(f"cannot merge runs with different {key}: {run['meta'].get(key)} vs {meta.get(key)}")
-    results = {name: r for run in runs for name, r in run["results"].items()}
+    results = {name: {**r, "machine": run["meta"]["machine"]} for run in runs for name, r in run["results"].items()}
+    meta["machine"] = "; ".join(dict.fromkeys(run["meta"]["machine"] for run in runs))
+    meta["dataset"] = list(dict.fromkeys(run["meta"]["dataset"] for run in runs))
     (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     print_table(meta, results)
-
-
-def baseline(rows, dataset_path, classes, cache, cli) -> dict:
-    args, _, model_args = parse_args(["--config", str(RECIPE), "--dataset_name", str(dataset_path)])[:3]
-    model, processor = build_model_and_processor(args, model_args, classes)
-    collator = DeftDataCollator(processor, model.config, args.flow_method, cache)
-    t0 = time.perf_counter()
-    predictions, _ = ststnet_loso(rows, collator.clip_tensors, classes, folds=cli.folds,
-                                  epochs=cli.baseline_epochs, seed=cli.seed)
-    truth, predicted = [p["emotion"] for p in predictions], [p["head_emotion"] for p in predictions]
-    return {"head_native": classification_metrics(truth, predicted, classes),
-            "head_composite": composite(truth, predicted), "seconds": round(time.perf_counter() - t0, 1)}
 
 
 def write_table(results, rows, classes, cli, out, build_seconds, dataset_path):
@@ -141,9 +134,11 @@ def write_table(results, rows, classes, cli, out, build_seconds, dataset_path):
 def print_table(meta: dict, results: dict) -> None:
     print(f"\n{meta['machine']}, {meta['date']}; SynthMER {meta['clips']} clips, {meta['subjects']} subjects, "
           f"{len(meta['classes'])} classes; seed {meta['seed']}; LOSO folds: {meta['folds']}\n")
+    mixed = any("machine" in r for r in results.values())  # merged runs: name each row's machine
     print("| model | UF1 text | UAR text | UF1 head | UAR head | acc. head | UF1 3-class head | "
-          "UF1 3-class text | AU F1 vs labels | AU F1 vs Uni-MER targets | AU F1, AU head | time (s) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "UF1 3-class text | AU F1 vs labels | AU F1 vs Uni-MER targets | AU F1, AU head | time (s) |"
+          + (" machine |" if mixed else ""))
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if mixed else ""))
 
     def cell(r, key, field="uf1"):
         return f"{r[key][field]:.3f}" if key in r else "-"
@@ -153,7 +148,7 @@ def print_table(meta: dict, results: dict) -> None:
                  cell(r, "head_native", "uar"), cell(r, "head_native", "accuracy"),
                  cell(r, "head_composite"), cell(r, "text_composite"),
                  cell(r, "aus_vs_labelled", "f1"), cell(r, "aus_vs_uni_mer_targets", "f1"),
-                 cell(r, "au_head_vs_labelled", "f1"), f"{r['seconds']:.0f}"]
+                 cell(r, "au_head_vs_labelled", "f1"), f"{r['seconds']:.0f}"] + ([r.get("machine", "")] if mixed else [])
         print(f"| {name} | " + " | ".join(cells) + " |")
 
 if __name__ == "__main__":
