@@ -31,6 +31,7 @@ import torch
 from transformers import Qwen2Config
 
 from deft_llm import DeftConfig, DeftForConditionalGeneration, DeftProcessor
+from deft_llm.sft import dataset_emotions
 from deft_llm.tokenizer_build import build_tokenizer
 
 # Qwen2.5 shapes (hidden, intermediate, layers, heads, kv heads); vocab 152064 for all but tiny.
@@ -70,12 +71,6 @@ def build_data(out: Path, clips: int) -> tuple[Path, list]:
     return folder, rows
 
 
-def emotions_of(rows) -> list[str]:
-    from deft_llm.sft import dataset_emotions
-
-    return dataset_emotions(rows)
-
-
 def sync() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -109,7 +104,7 @@ def scale_part(cli, rows, device) -> dict:
 
     from deft_llm.sft import DeftDataCollator, lora_config
 
-    config = paper_config(cli.llm, emotions_of(rows), small_towers=cli.dry_run)
+    config = paper_config(cli.llm, dataset_emotions(rows), small_towers=cli.dry_run)
     processor = DeftProcessor.from_config(config, build_tokenizer(), flow_method="dis")
     t0 = time.perf_counter()
     with torch.device(device):
@@ -187,7 +182,7 @@ def stack_part(cli, data_folder: Path, rows, device, out: Path) -> dict:
 
     init = out / "stack-init"
     t0 = time.perf_counter()
-    config = paper_config(cli.stack_llm, emotions_of(rows), small_towers=cli.dry_run)
+    config = paper_config(cli.stack_llm, dataset_emotions(rows), small_towers=cli.dry_run)
     model = DeftForConditionalGeneration._from_config(config, dtype=torch.bfloat16)
     model.save_pretrained(init)
     DeftProcessor.from_config(config, build_tokenizer(), flow_method="dis").save_pretrained(init)
