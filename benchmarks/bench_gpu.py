@@ -40,7 +40,7 @@ LLM_SHAPES = {"7b": (3584, 18944, 28, 28, 4), "1.5b": (1536, 8960, 28, 12, 2),
 
 
 def paper_config(llm: str, emotions: list[str], small_towers: bool = False) -> DeftConfig:
-    """Paper-scale DEFT with a ``llm``-shaped Qwen2.5 and the offline tokenizer's ids (4, 5, 6)."""
+    """Paper-scale DEFT with a ``llm``-shaped Qwen2.5 and the offline tokenizer's ids (4 to 7)."""
     hidden, intermediate, layers, heads, kv_heads = LLM_SHAPES[llm]
     text = Qwen2Config(vocab_size=152064 if llm != "tiny" else 512, hidden_size=hidden,
                        intermediate_size=intermediate, num_hidden_layers=layers,
@@ -55,7 +55,8 @@ def paper_config(llm: str, emotions: list[str], small_towers: bool = False) -> D
             sub.num_hidden_layers = 1
             kwargs[key] = sub
     return DeftConfig.paper_scale(text_config=text, structure_token_id=4, texture_token_id=5,
-                                  motion_token_id=6, id2label=dict(enumerate(emotions)), **kwargs)
+                                  motion_token_id=6, clip_token_id=7, id2label=dict(enumerate(emotions)),
+                                  **kwargs)
 
 
 def build_data(out: Path, clips: int) -> tuple[Path, list]:

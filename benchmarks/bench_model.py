@@ -22,6 +22,7 @@ from deft_llm import DeftConfig, DeftForConditionalGeneration
 def deft_batch(config: DeftConfig, batch_size: int, seq_len: int) -> dict:
     token_ids = config.expert_token_ids()
     placeholders = [token_ids[n] for n, k in config.expert_num_tokens().items() for _ in range(k)]
+    placeholders.append(config.clip_token_id)
     text = torch.randint(10, config.text_config.vocab_size, (batch_size, seq_len - len(placeholders)))
     input_ids = torch.cat([torch.tensor(placeholders).expand(batch_size, -1), text], dim=1)
     s, t, m = config.structure_config, config.texture_config, config.motion_config

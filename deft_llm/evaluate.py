@@ -56,9 +56,9 @@ def _au_numbers(names) -> list[str]:
 @torch.no_grad()
 def predict(model, processor, rows, collator, batch_size: int = 16, max_new_tokens: int = 160,
             desc: str = "predict") -> list[dict]:
+    """Generate an answer for each row (its own user prompt); parse it; read the emotion head."""
     from .sft import row_emotion
 
-    """Generate an answer for each row (its own user prompt); parse it; read the emotion head."""
     model.eval()
     id2label = model.config.id2label
     tokenizer = processor.tokenizer

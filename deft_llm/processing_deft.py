@@ -26,7 +26,8 @@ Two classes, used the transformers way (``save_pretrained`` / ``from_pretrained`
 
 * :class:`DeftProcessor` = video processor + tokenizer + ChatML chat template. A
   ``{"type": "video"}`` item becomes ``<|structure|><|texture|><|motion|>``; the processor
-  expands each placeholder to that expert's token count (0 for a disabled expert: removed),
+  expands each placeholder to that expert's token count (0 for a disabled expert: removed)
+  and adds one ``<|clip|>`` after them (the model puts its summary of the clip there),
   pads the batch, can build training ``labels`` (-100 everywhere but assistant answers) and
   parses generated answers back to ``{emotion, aus, text}`` (:func:`facs.parse_answer`).
 
@@ -71,6 +72,7 @@ from .video_io import ClipError, Frames, crop_resize, load_clip
 
 EXPERTS = ("structure", "texture", "motion")
 PLACEHOLDERS = {"structure": "<|structure|>", "texture": "<|texture|>", "motion": "<|motion|>"}
+CLIP_TOKEN = "<|clip|>"
 DEFAULT_EXPERT_NUM_TOKENS = {"structure": 4, "texture": 8, "motion": len(REGIONS)}
 FACE_MODES = ("detect", "none")
 _VIDEO_KEYS = ("video", "path", "url")
@@ -427,8 +429,8 @@ class DeftProcessor(ProcessorMixin):
         elif getattr(config, "experts", None) is not None:
             counts = {e: int(getattr(config, f"num_{e}_tokens", DEFAULT_EXPERT_NUM_TOKENS[e]))
                       for e in config.experts}
-        for expert, token in PLACEHOLDERS.items():
-            expected = getattr(config, f"{expert}_token_id", None)
+        for name, token in {**PLACEHOLDERS, "clip": CLIP_TOKEN}.items():
+            expected = getattr(config, f"{name}_token_id", None)
             actual = tokenizer.convert_tokens_to_ids(token)
             if expected is not None and actual != expected:
                 raise ValueError(f"tokenizer maps {token} to id {actual} but the config expects {expected}")
@@ -441,7 +443,11 @@ class DeftProcessor(ProcessorMixin):
 
     # ----------------------------------------------------------------------------------------
     def expand_placeholders(self, text: str) -> str:
-        """Each expert placeholder -> that expert's token count of copies (0: removed)."""
+        """Each expert placeholder -> that expert's token count of copies (0: removed), then
+        one ``<|clip|>`` right after the clip's last expert token."""
+        ends = [text.rfind(token) + len(token) for token in PLACEHOLDERS.values() if token in text]
+        if ends:
+            text = text[:max(ends)] + CLIP_TOKEN + text[max(ends):]
         for expert, token in PLACEHOLDERS.items():
             text = text.replace(token, token * self.expert_num_tokens.get(expert, 0))
         return text

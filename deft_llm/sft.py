@@ -28,13 +28,14 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from . import facs
 from .configuration_deft import DeftConfig
 from .modeling_deft import DeftForConditionalGeneration
-from .processing_deft import PLACEHOLDERS, DeftProcessor
+from .processing_deft import CLIP_TOKEN, PLACEHOLDERS, DeftProcessor
 
 logger = logging.getLogger(__name__)
 
 # LoRA goes on the language model's linear layers; everything else trains fully.
 LM_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
-FULLY_TRAINED = ["tower", "projector", "expert_type_embedding", "emotion_head", "au_head"]
+FULLY_TRAINED = ["tower", "projector", "expert_type_embedding", "clip_reduce", "clip_projector", "emotion_head",
+                 "au_head", "grounding_head"]
 
 
 @dataclass
@@ -63,6 +64,7 @@ class DeftArguments:
     flow_method: str = field(default="dis", metadata={"help": "dis | tvl1 | farneback"})
     emotion_loss_weight: float | None = field(default=None, metadata={"help": "override the config"})
     au_loss_weight: float | None = field(default=None, metadata={"help": "override the config"})
+    grounding_loss_weight: float | None = field(default=None, metadata={"help": "override the config"})
     disentangle_loss_weight: float | None = field(default=None, metadata={"help": "override the config"})
     expert_dropout: float | None = field(default=None, metadata={"help": "override the config"})
 
@@ -173,7 +175,8 @@ class DeftDataCollator:
 # ---------------------------------------------------------------------------------------------
 # Model
 # ---------------------------------------------------------------------------------------------
-CONFIG_OVERRIDES = ("emotion_loss_weight", "au_loss_weight", "disentangle_loss_weight", "expert_dropout")
+CONFIG_OVERRIDES = ("emotion_loss_weight", "au_loss_weight", "grounding_loss_weight", "disentangle_loss_weight",
+                    "expert_dropout")
 
 
 def build_model_and_processor(args: DeftArguments, model_args, emotions: list[str]):
@@ -199,9 +202,10 @@ def build_model_and_processor(args: DeftArguments, model_args, emotions: list[st
 
         name = args.language_model_name_or_path or DeftConfig.paper_scale().pretrained_towers["text"]
         tokenizer = AutoTokenizer.from_pretrained(name)
-        tokenizer.add_special_tokens({"additional_special_tokens": list(PLACEHOLDERS.values())})
-        # The placeholders' ids are wherever this tokenizer put them (151665-7 for Qwen2.5).
-        ids = {f"{e}_token_id": tokenizer.convert_tokens_to_ids(t) for e, t in PLACEHOLDERS.items()}
+        placeholders = {**PLACEHOLDERS, "clip": CLIP_TOKEN}
+        tokenizer.add_special_tokens({"additional_special_tokens": list(placeholders.values())})
+        # The placeholders' ids are wherever this tokenizer put them (151665-8 for Qwen2.5).
+        ids = {f"{e}_token_id": tokenizer.convert_tokens_to_ids(t) for e, t in placeholders.items()}
         config = DeftConfig.paper_scale(**config_kwargs, **ids)
         config.pretrained_towers["text"] = name
         if len(tokenizer) > config.text_config.vocab_size:
@@ -254,7 +258,7 @@ def _trainer_class():
             inputs = {**inputs, "use_cache": False}
             outputs = model(**inputs)
             mode = "train" if model.training else "eval"
-            for part in ("lm_loss", "emotion_loss", "au_loss", "disentangle_loss"):
+            for part in ("lm_loss", "grounding_loss", "emotion_loss", "au_loss", "disentangle_loss"):
                 value = getattr(outputs, part, None)
                 if value is not None:
                     value = self.accelerator.gather_for_metrics(value.detach().reshape(1)).mean()

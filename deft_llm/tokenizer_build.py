@@ -8,7 +8,7 @@ ChatML role words and prompt phrasing. Special tokens have FIXED ids, which the 
 relies on:
 
     0 <|pad|>  1 <|endoftext|>  2 <|im_start|>  3 <|im_end|>
-    4 <|structure|>  5 <|texture|>  6 <|motion|>
+    4 <|structure|>  5 <|texture|>  6 <|motion|>  7 <|clip|>
 
 eos is ``<|im_end|>`` (end of an assistant turn), pad is ``<|pad|>``. Training is
 deterministic: the corpus is generated in a fixed order.
@@ -28,7 +28,7 @@ from . import facs
 from .processing_deft import CHAT_TEMPLATE, DeftProcessor, DeftVideoProcessor
 
 SPECIAL_TOKENS = ["<|pad|>", "<|endoftext|>", "<|im_start|>", "<|im_end|>",
-                  "<|structure|>", "<|texture|>", "<|motion|>"]
+                  "<|structure|>", "<|texture|>", "<|motion|>", "<|clip|>"]
 MAX_VOCAB_SIZE = 512
 
 PROMPTS = [

@@ -1,6 +1,7 @@
 """DEFT-LLM as a transformers model: losses, training, generation, save/load as remote code."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import torch
 from deft_llm import DeftConfig, DeftForConditionalGeneration, DeftModel
 from deft_llm.modeling_deft import disentangle_penalty, region_pooling_weights
 
-LOSS_PARTS = ["lm_loss", "emotion_loss", "au_loss", "disentangle_loss", "aux_loss"]
+LOSS_PARTS = ["lm_loss", "grounding_loss", "emotion_loss", "au_loss", "disentangle_loss", "aux_loss"]
 
 
 def make_batch(config: DeftConfig, batch_size: int = 2, seed: int = 0, answer_len: int = 6) -> dict:
@@ -22,7 +23,7 @@ def make_batch(config: DeftConfig, batch_size: int = 2, seed: int = 0, answer_le
     placeholders = [token_ids[name] for name, n in config.expert_num_tokens().items() for _ in range(n)]
     rows, labels = [], []
     for _ in range(batch_size):
-        prompt = [2, *torch.randint(10, 500, (3,), generator=g).tolist(), *placeholders, 3, 2]
+        prompt = [2, *torch.randint(10, 500, (3,), generator=g).tolist(), *placeholders, config.clip_token_id, 3, 2]
         answer = [*torch.randint(10, 500, (answer_len,), generator=g).tolist(), 3]
         rows.append(prompt + answer)
         labels.append([-100] * len(prompt) + answer)
@@ -69,7 +70,8 @@ def test_forward_backward_reports_every_finite_loss_part(config):
     out = model(**batch)
     for part in LOSS_PARTS:
         assert torch.isfinite(getattr(out, part)), part
-    expected = (config.lm_loss_weight * out.lm_loss + config.emotion_loss_weight * out.emotion_loss
+    expected = (config.lm_loss_weight * out.lm_loss + config.grounding_loss_weight * out.grounding_loss
+                + config.emotion_loss_weight * out.emotion_loss
                 + config.au_loss_weight * out.au_loss + config.disentangle_loss_weight * out.disentangle_loss)
     torch.testing.assert_close(out.loss, expected)
     assert out.logits.shape == (3, batch["input_ids"].shape[1], config.text_config.vocab_size)
@@ -223,6 +225,83 @@ def test_emotion_head_reads_each_region_token_not_their_mean(config):
     # The structure tokens come first in the features, wherever the prompt put them.
     first_structure = int((batch["input_ids"][0] == config.structure_token_id).nonzero()[0])
     assert torch.equal(states[0, :config.text_config.hidden_size], hidden[0, first_structure])
+
+
+def test_clip_token_is_a_linear_readout_of_every_expert_token(config):
+    model = DeftForConditionalGeneration(config).eval()
+    batch = model_inputs(make_batch(config, batch_size=2))
+    ids = batch["input_ids"]
+    with torch.no_grad():
+        tokens = model.model.encode_experts(**{k: v for k, v in batch.items() if k.endswith(("pixels", "map"))})
+        merged = model.model.merge(ids, model.get_input_embeddings()(ids), tokens)
+        expected = model.model.clip_projector(torch.cat([tokens[n] for n in config.experts], 1).flatten(1))
+    clip = ids == config.clip_token_id
+    assert clip.sum(1).tolist() == [1, 1]
+    torch.testing.assert_close(merged[clip], expected)
+    # Each region token has its own weights: swapping two motion tokens changes the clip token.
+    swapped = {**tokens, "motion": tokens["motion"][:, [1, 0, *range(2, config.num_motion_tokens)]]}
+    with torch.no_grad():
+        assert not torch.allclose(model.model.merge(ids, model.get_input_embeddings()(ids), swapped)[clip], merged[clip])
+
+
+def test_clip_token_width_narrows_each_token_first():
+    """Paper scale narrows each expert token before the readout (62 x 3584 -> 3584 would be 796 M
+    parameters); here 26 tokens x 128 -> 8 each."""
+    config = DeftConfig(clip_token_width=8)
+    model = DeftForConditionalGeneration(config).eval()
+    assert model.model.clip_reduce.weight.shape == (8, 128)
+    assert model.model.clip_projector.weight.shape == (128, 26 * 8)
+    assert DeftForConditionalGeneration(DeftConfig()).model.clip_reduce is None
+    batch = model_inputs(make_batch(config))
+    ids = batch["input_ids"]
+    with torch.no_grad():
+        tokens = model.model.encode_experts(**{k: v for k, v in batch.items() if k.endswith(("pixels", "map"))})
+        merged = model.model.merge(ids, model.get_input_embeddings()(ids), tokens)
+        narrow = model.model.clip_reduce(torch.cat([tokens[n] for n in config.experts], 1))
+        torch.testing.assert_close(merged[ids == config.clip_token_id], model.model.clip_projector(narrow.flatten(1)))
+    assert DeftConfig.paper_scale().clip_token_width == 64
+
+
+def test_clip_token_errors(config):
+    model = DeftForConditionalGeneration(config).eval()
+    batch = model_inputs(make_batch(config, batch_size=2))
+    twice = batch["input_ids"].clone()
+    twice[0, 1] = config.clip_token_id
+    with pytest.raises(ValueError, match=r"3 <\|clip\|> tokens for 2 clip\(s\); each clip takes exactly one"):
+        model(**{**batch, "input_ids": twice})
+    text_only = torch.tensor([[2, 11, config.clip_token_id, 3]])
+    with pytest.raises(ValueError, match=r"<\|clip\|> but no input for the structure, texture, motion expert"):
+        model(input_ids=text_only)
+
+
+def test_grounding_loss_reads_the_state_that_starts_the_answer(config):
+    """Zero grounding head: CE over the classes + mean BCE at p = 0.5. Only the state before the
+    first answer token counts, so changing later answer tokens leaves the loss unchanged."""
+    torch.manual_seed(0)
+    model = DeftForConditionalGeneration(config).eval()
+    batch = make_batch(config, batch_size=3)
+    with torch.no_grad():
+        loss = model(**batch).grounding_loss
+        later = batch["input_ids"].clone()
+        later[:, -3] = 42
+        assert torch.equal(model(**{**batch, "input_ids": later}).grounding_loss, loss)
+        model.model.grounding_head.weight.zero_()
+        model.model.grounding_head.bias.zero_()
+        zero = model(**batch).grounding_loss
+    torch.testing.assert_close(zero, torch.tensor(math.log(config.num_labels) + math.log(2)))
+    # No answer in any row (a prompt-only batch): no grounding term.
+    assert model(**{**batch, "labels": torch.full_like(batch["labels"], -100)}).grounding_loss is None
+
+
+def test_grounding_loss_alone_trains_the_clip_path(config):
+    config = DeftConfig(lm_loss_weight=0.0, emotion_loss_weight=0.0, au_loss_weight=0.0, disentangle_loss_weight=0.0)
+    model = DeftForConditionalGeneration(config)
+    out = model(**make_batch(config))
+    assert out.emotion_loss is not None and out.grounding_loss > 0
+    out.loss.backward()
+    for name in ("clip_projector", "grounding_head"):
+        assert getattr(model.model, name).weight.grad.abs().sum() > 0, name
+    assert model.model.experts["motion"].projector.linear_1.weight.grad.abs().sum() > 0
 
 
 def test_bf16_forward(config):

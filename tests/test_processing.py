@@ -355,7 +355,7 @@ def test_batch_of_different_clips_pads_text(processor, smile, smile_mp4):
     assert lengths[0] < lengths[1] == ids.shape[1]
     pad = ids.shape[1] - lengths[0]
     assert (ids[0, :pad] == 0).all() and (mask[0, :pad] == 0).all()   # left padding with <|pad|>
-    for token_id, count in ((4, 4), (5, 8), (6, 14)):
+    for token_id, count in ((4, 4), (5, 8), (6, 14), (7, 1)):
         assert ((ids == token_id).sum(1) == count).all()
 
 
@@ -366,7 +366,7 @@ def test_apply_chat_template_generation_prompt(processor, smile_mp4):
     assert set(out) == {"input_ids", "attention_mask", "structure_pixels", "texture_pixels", "motion_map"}
     text = processor.tokenizer.decode(out["input_ids"][0])
     assert text == ("<|im_start|>user\n" + "<|structure|>" * 4 + "<|texture|>" * 8 + "<|motion|>" * 14
-                    + "Which micro-expression is this?<|im_end|>\n<|im_start|>assistant\n")
+                    + "<|clip|>Which micro-expression is this?<|im_end|>\n<|im_start|>assistant\n")
     rendered = processor.apply_chat_template(messages, add_generation_prompt=True)
     assert rendered.count("<|structure|><|texture|><|motion|>") == 1
     direct = processor(text=rendered, videos=str(smile_mp4), apexes=8, return_tensors="pt")
@@ -409,6 +409,8 @@ def test_disabled_expert_and_from_config(smile):
                                         tokenize=True, return_dict=True, return_tensors="pt")
     ids = out["input_ids"][0]
     assert (ids == 4).sum() == 2 and (ids == 5).sum() == 0 and (ids == 6).sum() == 14
+    motion = (ids == 6).nonzero().flatten()
+    assert (ids == 7).nonzero().flatten().tolist() == [int(motion[-1]) + 1]  # one <|clip|>, right after
     assert out["structure_pixels"].shape == (1, 3, 32, 32)
     assert out["texture_pixels"].shape == (1, 4, 3, 48, 48)
     assert out["motion_map"].shape == (1, 3, 40, 40)
@@ -427,8 +429,18 @@ def test_from_the_model_config():
     assert processor.expert_num_tokens == config.expert_num_tokens()
     assert processor.image_processor.num_texture_frames == config.texture_config.num_frames
     assert processor.image_processor.motion_size == config.motion_config.image_size
-    assert [processor.tokenizer.convert_tokens_to_ids(t) for t in ("<|structure|>", "<|texture|>", "<|motion|>")] \
-        == [config.structure_token_id, config.texture_token_id, config.motion_token_id]
+    assert [processor.tokenizer.convert_tokens_to_ids(t) for t in ("<|structure|>", "<|texture|>", "<|motion|>", "<|clip|>")] \
+        == [config.structure_token_id, config.texture_token_id, config.motion_token_id, config.clip_token_id]
+    config.clip_token_id = 11
+    with pytest.raises(ValueError, match="<|clip|> to id 7 but the config expects 11"):
+        DeftProcessor.from_config(config, processor.tokenizer)
+
+
+def test_expand_placeholders_adds_one_clip_token_after_the_experts(processor):
+    text = "<|im_start|>user\n<|structure|><|texture|><|motion|>Why?<|im_end|>\n"
+    assert processor.expand_placeholders(text) == (
+        "<|im_start|>user\n" + "<|structure|>" * 4 + "<|texture|>" * 8 + "<|motion|>" * 14 + "<|clip|>Why?<|im_end|>\n")
+    assert processor.expand_placeholders("no video here") == "no video here"
 
 
 def test_text_video_mismatch_errors(processor, smile):
@@ -456,7 +468,7 @@ def test_post_process_parses_answers(processor):
 def test_tokenizer_special_ids_size_and_round_trip():
     tok = build_tokenizer()
     assert len(tok) <= 512
-    assert [tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS] == list(range(7))
+    assert [tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS] == list(range(8))
     assert (tok.pad_token_id, tok.eos_token_id) == (0, 3)
     texts = [ANSWER, facs.format_answer("others", []),
              facs.format_answer("contempt", [facs.AUEvidence("AU14", "mouth_corner_right", "inward", 0.07)]),

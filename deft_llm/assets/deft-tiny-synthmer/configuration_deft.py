@@ -22,7 +22,7 @@ EXPERTS = ("structure", "texture", "motion")
 
 # Fixed ids of the special tokens of the embedded tokenizer (see tokenizer_build.py).
 PAD_TOKEN_ID, EOS_TOKEN_ID = 0, 3
-STRUCTURE_TOKEN_ID, TEXTURE_TOKEN_ID, MOTION_TOKEN_ID = 4, 5, 6
+STRUCTURE_TOKEN_ID, TEXTURE_TOKEN_ID, MOTION_TOKEN_ID, CLIP_TOKEN_ID = 4, 5, 6, 7
 
 _TINY_VIT = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
              "intermediate_size": 128, "num_channels": 3}
@@ -39,8 +39,13 @@ class DeftConfig(PreTrainedConfig):
     num_structure_tokens / num_texture_tokens: LLM tokens per clip for those experts (the motion
         expert always gives one token per region). ``num_structure_tokens`` is a square number:
         the patch grid is pooled to a smaller square grid.
-    *_token_id: the placeholder token of each expert in ``input_ids``.
-    *_loss_weight: weights of the hybrid objective: LM + emotion CE + AU BCE + disentanglement.
+    *_token_id: the placeholder token of each expert in ``input_ids``, and ``clip_token_id`` the
+        one clip token that follows them (a linear readout of all the expert tokens).
+    clip_token_width: None: the clip token reads every expert token whole (tiny LLMs); a number:
+        each token is first narrowed to that width, so a wide LLM's readout stays small (paper
+        scale: 62 tokens x 3584 -> 3584 would be 796 M parameters; through 64 it is 14 M).
+    *_loss_weight: weights of the hybrid objective: LM + grounding + emotion CE + AU BCE +
+        disentanglement.
     expert_dropout: training only: chance of blanking one expert's tokens for a clip (the LLM
         sees only its type embedding there), so the answer cannot lean on a single expert.
     au_labels: the AU vocabulary of the AU head; id2label: the emotion classes.
@@ -80,8 +85,11 @@ class DeftConfig(PreTrainedConfig):
     structure_token_id: int = STRUCTURE_TOKEN_ID
     texture_token_id: int = TEXTURE_TOKEN_ID
     motion_token_id: int = MOTION_TOKEN_ID
+    clip_token_id: int = CLIP_TOKEN_ID
+    clip_token_width: int | None = None
     projector_hidden_act: str = "gelu"
     lm_loss_weight: float = 1.0
+    grounding_loss_weight: float = 1.0
     emotion_loss_weight: float = 0.5
     au_loss_weight: float = 0.5
     disentangle_loss_weight: float = 0.1
@@ -113,8 +121,8 @@ class DeftConfig(PreTrainedConfig):
         side = math.isqrt(self.num_structure_tokens)
         if side * side != self.num_structure_tokens:
             raise ValueError(f"num_structure_tokens must be a square number, got {self.num_structure_tokens}")
-        ids = [self.structure_token_id, self.texture_token_id, self.motion_token_id]
-        if len(set(ids)) != 3 or max(ids) >= self.text_config.vocab_size:
+        ids = [self.structure_token_id, self.texture_token_id, self.motion_token_id, self.clip_token_id]
+        if len(set(ids)) != 4 or max(ids) >= self.text_config.vocab_size:
             raise ValueError(f"placeholder token ids {ids} must be distinct and < vocab_size "
                              f"{self.text_config.vocab_size}")
         if self.texture_config.num_frames % getattr(self.texture_config, "tubelet_size", 1):
@@ -150,8 +158,8 @@ class DeftConfig(PreTrainedConfig):
         structure: SigLIP-B/16 at 224 px (google/siglip-base-patch16-224), 16 tokens;
         texture: VideoMAE-B, 16 frames at 224 px (MCG-NJU/videomae-base), 32 tokens;
         motion: a ViT-S/16 from scratch on (u, v, strain) at 224 px, one token per region;
-        language model: Qwen2.5-7B-Instruct. Placeholder ids are the three added special tokens
-        after Qwen2.5's vocabulary (151665-151667), so the tokenizer needs them added.
+        language model: Qwen2.5-7B-Instruct. Placeholder ids are the four added special tokens
+        after Qwen2.5's vocabulary (151665-151668), so the tokenizer needs them added.
         """
         from transformers import Qwen2Config, SiglipVisionConfig, VideoMAEConfig, ViTConfig
 
@@ -176,6 +184,8 @@ class DeftConfig(PreTrainedConfig):
             structure_token_id=151665,
             texture_token_id=151666,
             motion_token_id=151667,
+            clip_token_id=151668,
+            clip_token_width=64,
             pretrained_towers={"structure": "google/siglip-base-patch16-224",
                                "texture": "MCG-NJU/videomae-base",
                                "text": "Qwen/Qwen2.5-7B-Instruct"},

@@ -8,14 +8,17 @@ Read top to bottom:
    moved, pooled into one token per facial region);
 2. each expert's tokens go through its own **projector** into the LLM width and get a learned
    **expert-type embedding**;
-3. the processor left one placeholder token per expert token in the prompt; the **merge**
-   scatters the expert tokens there (the llava-onevision pattern);
+3. the processor left one placeholder token per expert token in the prompt, then one
+   ``<|clip|>``; the **merge** scatters the expert tokens there (the llava-onevision pattern)
+   and a **clip token** at ``<|clip|>``: a linear readout of all of them, one place where the
+   answer finds the whole clip;
 4. the **language model** reads the prompt and writes the answer;
 5. two **heads** make the model discriminative too: an emotion head on the LLM's states at the
    expert tokens, read token by token (which region moved matters; a mean would lose it), an
    AU head on the motion tokens;
-6. the **hybrid loss**: LM + emotion cross-entropy + AU binary cross-entropy + a
-   disentanglement penalty that decorrelates the experts' pooled features.
+6. the **hybrid loss**: LM + grounding (the LLM's state that starts the answer must tell the
+   emotion and AUs) + emotion cross-entropy + AU binary cross-entropy + a disentanglement
+   penalty that decorrelates the experts' pooled features.
 
 Expert features are computed once per ``generate`` call (prefill): later decoding steps get
 no expert inputs (see ``prepare_inputs_for_generation``).
@@ -62,10 +65,12 @@ class DeftModelOutputWithPast(BaseModelOutputWithPast):
 
 @dataclass
 class DeftCausalLMOutputWithPast(ModelOutput):
-    """``loss`` = lm_loss_weight * lm_loss + aux_loss; every part is reported."""
+    """``loss`` = lm_loss_weight * lm_loss + grounding_loss_weight * grounding_loss + aux_loss;
+    every part is reported."""
 
     loss: torch.FloatTensor | None = None
     lm_loss: torch.FloatTensor | None = None
+    grounding_loss: torch.FloatTensor | None = None
     aux_loss: torch.FloatTensor | None = None
     emotion_loss: torch.FloatTensor | None = None
     au_loss: torch.FloatTensor | None = None
@@ -213,10 +218,14 @@ class DeftModel(DeftPreTrainedModel):
         self.experts = nn.ModuleDict({name: DeftExpert(name, config) for name in config.experts})
         hidden = config.text_config.hidden_size
         self.expert_type_embedding = nn.Embedding(len(EXPERTS), hidden)
+        width = config.clip_token_width or hidden  # a wide LLM reads a narrowed copy of each token
+        self.clip_reduce = nn.Linear(hidden, width) if config.clip_token_width else None
+        self.clip_projector = nn.Linear(sum(config.expert_num_tokens().values()) * width, hidden)
         self.language_model = AutoModel.from_config(config.text_config)
         self.emotion_head = nn.Linear(sum(config.expert_num_tokens().values()) * hidden, config.num_labels)
         self.au_head = (nn.Linear(config.num_motion_tokens * hidden, len(config.au_labels))
                         if "motion" in config.experts else None)
+        self.grounding_head = nn.Linear(hidden, config.num_labels + len(config.au_labels))
         self.post_init()
 
     def get_input_embeddings(self):
@@ -281,7 +290,33 @@ class DeftModel(DeftPreTrainedModel):
                     f"disagree on the token count")
             features = features.reshape(-1, features.shape[-1]).to(inputs_embeds.dtype)
             inputs_embeds = inputs_embeds.masked_scatter(mask.unsqueeze(-1), features)
-        return inputs_embeds
+        return self.merge_clip_token(input_ids, inputs_embeds, expert_tokens)
+
+    def merge_clip_token(self, input_ids: torch.Tensor, inputs_embeds: torch.Tensor,
+                         expert_tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Put one summary of the whole clip at ``<|clip|>``: a linear readout of every expert
+        token, slot by slot (so which region moved survives, as in the emotion head).
+
+        The answer then needs to attend to a single informative token; learning to pick the
+        moving regions out of the expert tokens by attention alone takes a small LLM several
+        times more training.
+        """
+        mask = input_ids == self.config.clip_token_id
+        placeholders = int(mask.sum())
+        if not placeholders:
+            return inputs_embeds
+        missing = [name for name in self.config.experts if name not in expert_tokens]
+        if missing:
+            raise ValueError(f"input_ids contain <|clip|> but no input for the {', '.join(missing)} expert(s)")
+        batch = next(iter(expert_tokens.values())).shape[0]
+        if placeholders != batch:
+            raise ValueError(f"input_ids contain {placeholders} <|clip|> tokens for {batch} clip(s); "
+                             f"each clip takes exactly one")
+        tokens = torch.cat([expert_tokens[name] for name in self.config.experts], 1)
+        if self.clip_reduce is not None:
+            tokens = self.clip_reduce(tokens)
+        clip = self.clip_projector(tokens.flatten(1))
+        return inputs_embeds.masked_scatter(mask.unsqueeze(-1), clip.to(inputs_embeds.dtype))
 
     def forward(
         self,
@@ -347,6 +382,35 @@ class DeftModel(DeftPreTrainedModel):
                                  f"row of input_ids, got {per_clip.tolist()}")
             states.append(hidden[mask].reshape(hidden.shape[0], -1))
         return torch.cat(states, dim=-1)
+
+    def grounding_loss(self, hidden: torch.Tensor, labels: torch.Tensor,
+                       emotion_labels: torch.Tensor | None, au_labels: torch.Tensor | None) -> torch.Tensor | None:
+        """The LLM's state that starts the answer must already tell the clip's emotion and AUs.
+
+        With the LM loss alone a small LLM learns to write a fluent answer from the prompt and
+        its own earlier words, and reads the clip only weakly; at the answer's first position
+        no earlier word helps, so this term makes the LLM read the expert tokens there, and the
+        explanation can then say what the heads know. Training only.
+        """
+        answer = labels != -100
+        has_answer = answer.any(1) & (answer.float().argmax(1) > 0)
+        if not has_answer.any():
+            return None
+        start = answer.float().argmax(1)[has_answer] - 1  # the state that predicts the first answer token
+        logits = self.grounding_head(hidden[has_answer, start]).float()
+        terms = []
+        if emotion_labels is not None:
+            targets = emotion_labels.to(logits.device)[has_answer]
+            known = targets != -100
+            if known.any():
+                terms.append(F.cross_entropy(logits[known, : self.config.num_labels], targets[known]))
+        if au_labels is not None:
+            targets = au_labels.to(logits.device).float()[has_answer]
+            known = targets >= 0
+            bce = F.binary_cross_entropy_with_logits(logits[:, self.config.num_labels:], targets.clamp(min=0),
+                                                     reduction="none")
+            terms.append((bce * known).sum() / known.sum().clamp(min=1))
+        return sum(terms) if terms else None
 
     def _aux_losses(self, expert_tokens, emotion_logits, au_logits, emotion_labels, au_labels) -> dict:
         """Emotion CE, AU BCE (unknown entries masked) and the disentanglement penalty."""
@@ -425,16 +489,20 @@ class DeftForConditionalGeneration(DeftPreTrainedModel, GenerationMixin):
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden[:, keep, :])
 
-        lm_loss = loss = None
+        lm_loss = grounding_loss = loss = None
         if labels is not None:
             lm_loss = self.loss_function(logits=logits, labels=labels,
                                          vocab_size=self.config.text_config.vocab_size)
             loss = self.config.lm_loss_weight * lm_loss
+            if self.config.grounding_loss_weight:
+                grounding_loss = self.model.grounding_loss(hidden, labels, emotion_labels, au_labels)
+            if grounding_loss is not None:
+                loss = loss + self.config.grounding_loss_weight * grounding_loss
         if outputs.aux_loss is not None:
             loss = outputs.aux_loss if loss is None else loss + outputs.aux_loss
 
         return DeftCausalLMOutputWithPast(
-            loss=loss, lm_loss=lm_loss, aux_loss=outputs.aux_loss,
+            loss=loss, lm_loss=lm_loss, grounding_loss=grounding_loss, aux_loss=outputs.aux_loss,
             emotion_loss=outputs.emotion_loss, au_loss=outputs.au_loss,
             disentangle_loss=outputs.disentangle_loss, logits=logits, cache=outputs.cache,
             hidden_states=outputs.hidden_states, attentions=outputs.attentions,
