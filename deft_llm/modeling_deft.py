@@ -169,6 +169,21 @@ class DeftExpert(nn.Module):
         return self.projector(self.pool(_last_patch_tokens(hidden, self.num_patches)))
 
 
+def emotion_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over the clips whose emotion is known (label -100: unknown); 0 if none."""
+    labels = labels.to(logits.device)
+    known = labels != -100
+    return F.cross_entropy(logits.float()[known], labels[known]) if known.any() else logits.sum() * 0
+
+
+def au_binary_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean BCE over the known AU entries (negative targets: not annotated)."""
+    targets = targets.to(logits.device).float()
+    known = targets >= 0
+    bce = F.binary_cross_entropy_with_logits(logits.float(), targets.clamp(min=0), reduction="none")
+    return (bce * known).sum() / known.sum().clamp(min=1)
+
+
 def disentangle_penalty(pooled: list[torch.Tensor]) -> torch.Tensor:
     """Mean squared cross-correlation between every pair of experts' pooled features.
 
@@ -397,34 +412,22 @@ class DeftModel(DeftPreTrainedModel):
         if not has_answer.any():
             return None
         start = answer.float().argmax(1)[has_answer] - 1  # the state that predicts the first answer token
-        logits = self.grounding_head(hidden[has_answer, start]).float()
+        logits = self.grounding_head(hidden[has_answer, start])
+        emotion_logits, au_logits = logits.split([self.config.num_labels, len(self.config.au_labels)], dim=-1)
         terms = []
         if emotion_labels is not None:
-            targets = emotion_labels.to(logits.device)[has_answer]
-            known = targets != -100
-            if known.any():
-                terms.append(F.cross_entropy(logits[known, : self.config.num_labels], targets[known]))
+            terms.append(emotion_cross_entropy(emotion_logits, emotion_labels.to(logits.device)[has_answer]))
         if au_labels is not None:
-            targets = au_labels.to(logits.device).float()[has_answer]
-            known = targets >= 0
-            bce = F.binary_cross_entropy_with_logits(logits[:, self.config.num_labels:], targets.clamp(min=0),
-                                                     reduction="none")
-            terms.append((bce * known).sum() / known.sum().clamp(min=1))
+            terms.append(au_binary_cross_entropy(au_logits, au_labels.to(logits.device)[has_answer]))
         return sum(terms) if terms else None
 
     def _aux_losses(self, expert_tokens, emotion_logits, au_logits, emotion_labels, au_labels) -> dict:
         """Emotion CE, AU BCE (unknown entries masked) and the disentanglement penalty."""
         losses = {}
         if emotion_logits is not None and emotion_labels is not None:
-            labels = emotion_labels.to(emotion_logits.device)
-            known = labels != -100
-            losses["emotion_loss"] = (F.cross_entropy(emotion_logits.float()[known], labels[known])
-                                      if known.any() else emotion_logits.sum() * 0)
+            losses["emotion_loss"] = emotion_cross_entropy(emotion_logits, emotion_labels)
         if au_logits is not None and au_labels is not None:
-            targets = au_labels.to(au_logits.device).float()
-            known = targets >= 0
-            bce = F.binary_cross_entropy_with_logits(au_logits.float(), targets.clamp(min=0), reduction="none")
-            losses["au_loss"] = (bce * known).sum() / known.sum().clamp(min=1)
+            losses["au_loss"] = au_binary_cross_entropy(au_logits, au_labels)
         if losses and expert_tokens:
             pooled = [tokens.float().mean(1) for tokens in expert_tokens.values()]
             losses["disentangle_loss"] = disentangle_penalty(pooled)
