@@ -94,6 +94,19 @@ def main():
     write_table(results, rows, classes, cli, out, build_seconds, dataset_path)
 
 
+def baseline(rows, dataset_path, classes, cache, cli) -> dict:
+    """STSTNet on the same folds, fed the same motion maps (the collator's cached clip tensors)."""
+    args, _, model_args = parse_args(["--config", str(RECIPE), "--dataset_name", str(dataset_path)])[:3]
+    model, processor = build_model_and_processor(args, model_args, classes)
+    collator = DeftDataCollator(processor, model.config, args.flow_method, cache)
+    t0 = time.perf_counter()
+    predictions, _ = ststnet_loso(rows, collator.clip_tensors, classes, folds=cli.folds,
+                                  epochs=cli.baseline_epochs, seed=cli.seed)
+    truth, predicted = [p["emotion"] for p in predictions], [p["head_emotion"] for p in predictions]
+    return {"head_native": classification_metrics(truth, predicted, classes),
+            "head_composite": composite(truth, predicted), "seconds": round(time.perf_counter() - t0, 1)}
+
+
 def machine() -> str:
     import os
 

@@ -222,3 +222,19 @@ def test_score_reads_the_au_head_apart_from_the_explanation():
     # explanations: tp AU12 = 1; fn AU6, AU1, AU2 = 3 -> P 1.0, R 0.25, F1 0.4
     assert report["aus_vs_labelled"]["f1"] == pytest.approx(0.4)
     assert report["head_native"]["accuracy"] == 0.5 and report["text_native"]["accuracy"] == 0.5
+
+
+def test_bench_loso_script_runs_a_variant_and_the_ststnet_baseline(uni_mer, tmp_path):
+    """The results script end to end on one fold: a DEFT row and the flow-only baseline's row."""
+    run = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "bench_loso.py"), "--dataset", str(uni_mer), "--folds", "1",
+         "--variants", "without texture", "--baseline-epochs", "1", "--out", str(tmp_path), "--label", "smoke",
+         "--sft", "--max_steps", "1", "--per_device_train_batch_size", "4"],
+        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert list(results["results"]) == ["without texture, smoke", "STSTNet (flow only)"]
+    assert results["meta"]["folds"] == 1
+    ststnet = results["results"]["STSTNet (flow only)"]
+    assert ststnet["head_native"]["n"] == len(results["results"]["without texture, smoke"]["folds"]) * 3
+    assert "| STSTNet (flow only) | - | - |" in run.stdout
