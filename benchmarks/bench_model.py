@@ -83,6 +83,8 @@ def main():
         parts["LM head"] = deft.lm_head
     parts["heads + expert-type embedding"] = [deft.model.emotion_head, deft.model.au_head,
                                               deft.model.expert_type_embedding]
+    parts["clip token readout"] = [m for m in (deft.model.clip_reduce, deft.model.clip_projector) if m is not None]
+    parts["grounding head (training only)"] = [deft.model.grounding_head]
     print("| part | parameters |")
     print("|---|---|")
     for name, part in parts.items():
