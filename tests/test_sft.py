@@ -85,6 +85,22 @@ def test_collator_shapes_and_answer_only_labels(uni_mer):
     assert torch.equal(again["motion_map"], batch["motion_map"])
 
 
+def test_collator_prepare_drops_frames_and_flow_without_changing_batches(uni_mer):
+    rows = datasets.load_dataset(str(uni_mer), split="train").select(range(4))
+    model, processor = build_model_and_processor(DeftArguments(dataset_name=str(uni_mer)),
+                                                 parse_args(["--config", str(TINY_RECIPE)])[2],
+                                                 ["happiness", "surprise", "disgust"])
+    collator = DeftDataCollator(processor, model.config)
+    light = collator.prepare(rows)
+    assert "frames" not in light.column_names and "flow" not in light.column_names
+    assert len(collator.cache) == 4
+    fresh = DeftDataCollator(processor, model.config)(list(rows))
+    for key, value in collator(list(light)).items():
+        assert torch.equal(value, fresh[key]), key
+    with pytest.raises(KeyError, match=f"clip {rows[0]['id']}: a row without frames"):
+        DeftDataCollator(processor, model.config)([light[0]])
+
+
 def _trainer(uni_mer, output_dir, *extra):
     from deft_llm.sft import _trainer_class, dataset_emotions, lora_config, load_training_dataset
 
