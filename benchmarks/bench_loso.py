@@ -19,7 +19,7 @@ import datasets
 
 from deft_llm import facs
 from deft_llm.baselines import ststnet_loso
-from deft_llm.evaluate import EvalArguments, run_loso
+from deft_llm.evaluate import EvalArguments, run_loso, score
 from deft_llm.metrics import classification_metrics
 from deft_llm.sft import DeftDataCollator, build_model_and_processor, parse_args
 
@@ -51,6 +51,8 @@ def main():
     parser.add_argument("--clips", type=int, default=320)
     parser.add_argument("--subjects", type=int, default=8)
     parser.add_argument("--folds", type=int, default=None, help="first N subjects only")
+    parser.add_argument("--fold-subjects", nargs="+", help="only these subjects' folds: split a variant over "
+                        "processes or machines, then --merge their results.json to pool the folds")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/bench-loso")
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), help="subset of the variants")
@@ -78,18 +80,19 @@ def main():
         if experts:
             argv += ["--experts", *experts]
         args, training, model_args = parse_args(argv)[:3]
-        eval_args = EvalArguments(report_dir=str(out / name.split(" (")[0].replace(" ", "-")),
-                                  folds=cli.folds)
+        report_dir = (out / name.split(" (")[0].replace(" ", "-")).resolve()
+        eval_args = EvalArguments(report_dir=str(report_dir), folds=cli.folds, subjects=cli.fold_subjects)
         t0 = time.perf_counter()
         report = run_loso(args, training, model_args, eval_args, cache=cache)
-        results[f"{name}, {cli.label}" if cli.label else name] = {**report["metrics"], "seconds": round(time.perf_counter() - t0, 1),
-                         "folds": report["folds"]}
+        results[f"{name}, {cli.label}" if cli.label else name] = {
+            **report["metrics"], "seconds": round(time.perf_counter() - t0, 1), "folds": report["folds"],
+            "report_dir": str(report_dir)}
         print(name, json.dumps({k: round(v["uf1"], 3) for k, v in report["metrics"].items() if "uf1" in v}),
               flush=True)
 
     rows = datasets.load_dataset(str(dataset_path), split="train")
     classes = [e for e in facs.EMOTIONS if e in set(rows["emotion"])]
-    if not cli.no_baseline:  # the flow-only baseline on the same folds and the same motion maps
+    if not cli.no_baseline and not cli.fold_subjects:  # the flow-only baseline on the same folds and the same motion maps
         results["STSTNet (flow only)"] = baseline(rows, dataset_path, classes, cache, cli)
     write_table(results, rows, classes, cli, out, build_seconds, dataset_path)
 
@@ -121,18 +124,39 @@ def machine() -> str:
 def merge(paths: list[str], out: Path) -> None:
     """One table from runs made apart (e.g. in parallel, or on different machines). The runs must
     share clips, subjects, classes, seed and folds; the dataset folder may differ in path only
-    (each machine builds the same seeded SynthMER itself). Rows keep their own machine."""
+    (each machine builds the same seeded SynthMER itself). Rows keep their own machine. A variant
+    run in parts (``--fold-subjects``) is pooled: its folds' predictions are scored together."""
     runs = [json.loads(Path(p).read_text()) for p in paths]
     meta = dict(runs[0]["meta"])
     for run in runs[1:]:
         for key in ("clips", "subjects", "classes", "seed", "folds"):
             if run["meta"].get(key) != meta.get(key):
                 raise ValueError(f"cannot merge runs with different {key}: {run['meta'].get(key)} vs {meta.get(key)}")
-    results = {name: {**r, "machine": run["meta"]["machine"]} for run in runs for name, r in run["results"].items()}
+    parts = {}
+    for run in runs:
+        for name, r in run["results"].items():
+            parts.setdefault(name, []).append({**r, "machine": run["meta"]["machine"]})
+    results = {name: p[0] if len(p) == 1 else pool(name, p, meta["classes"]) for name, p in parts.items()}
     meta["machine"] = "; ".join(dict.fromkeys(run["meta"]["machine"] for run in runs))
     meta["dataset"] = list(dict.fromkeys(run["meta"]["dataset"] for run in runs))
     (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     print_table(meta, results)
+
+
+def pool(name: str, parts: list[dict], classes: list[str]) -> dict:
+    """One variant's folds, run apart, scored as one LOSO run (pooled predictions)."""
+    folds = [s for part in parts for s in part.get("folds", [])]
+    if len(folds) != len(set(folds)) or any("report_dir" not in part for part in parts):
+        raise ValueError(f"{name}: cannot pool parts that share folds or saved no predictions: "
+                         f"{[part.get('folds') for part in parts]}")
+    predictions = []
+    for part in parts:
+        lines = (Path(part["report_dir"]) / "predictions.jsonl").read_text().splitlines()
+        predictions += [json.loads(line) for line in lines if line.strip()]
+    if sorted({p["subject"] for p in predictions}) != sorted(folds):
+        raise ValueError(f"{name}: the saved predictions' subjects do not match the parts' folds {sorted(folds)}")
+    return {**score(predictions, classes), "seconds": sum(part["seconds"] for part in parts),
+            "folds": sorted(folds), "machine": "; ".join(dict.fromkeys(part["machine"] for part in parts))}
 
 
 def write_table(results, rows, classes, cli, out, build_seconds, dataset_path):

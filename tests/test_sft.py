@@ -254,3 +254,33 @@ def test_bench_loso_script_runs_a_variant_and_the_ststnet_baseline(uni_mer, tmp_
     ststnet = results["results"]["STSTNet (flow only)"]
     assert ststnet["head_native"]["n"] == len(results["results"]["without texture, smoke"]["folds"]) * 3
     assert "| STSTNet (flow only) | - | - |" in run.stdout
+
+
+def test_bench_loso_merge_pools_a_variant_run_in_parts(tmp_path, monkeypatch):
+    """--subjects parts of one variant merge into one pooled LOSO score; overlapping parts fail."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import bench_loso
+
+    def part(folder, rows):
+        (tmp_path / folder).mkdir()
+        predictions = [{"subject": s, "emotion": e, "text_emotion": t, "head_emotion": e,
+                        "labelled_aus": ["AU12"], "kept_aus": ["AU12"], "predicted_aus": ["AU12"]}
+                       for s, e, t in rows]
+        (tmp_path / folder / "predictions.jsonl").write_text("\n".join(map(json.dumps, predictions)))
+        meta = {"machine": folder, "clips": 4, "subjects": 2, "classes": ["happiness", "surprise"],
+                "seed": 0, "folds": 2, "dataset": "d", "date": "2026-11-26"}
+        result = {"seconds": 10.0, "folds": sorted({s for s, _, _ in rows}),
+                  "report_dir": str(tmp_path / folder)}
+        (tmp_path / f"{folder}.json").write_text(json.dumps({"meta": meta, "results": {"DEFT": result}}))
+        return str(tmp_path / f"{folder}.json")
+
+    a = part("a", [("s1", "happiness", "happiness"), ("s1", "surprise", "happiness")])
+    b = part("b", [("s2", "happiness", "happiness"), ("s2", "surprise", "surprise")])
+    bench_loso.merge([a, b], tmp_path)
+    pooled = json.loads((tmp_path / "results.json").read_text())["results"]["DEFT"]
+    assert pooled["folds"] == ["s1", "s2"] and pooled["seconds"] == 20.0
+    assert pooled["text_native"]["n"] == 4 and pooled["text_native"]["accuracy"] == 0.75
+    assert pooled["text_native"]["confusion"] == [[2, 0], [1, 1]]
+    assert pooled["machine"] == "a; b"
+    with pytest.raises(ValueError, match="DEFT: cannot pool parts that share folds"):
+        bench_loso.merge([a, part("c", [("s1", "happiness", "happiness")])], tmp_path)
