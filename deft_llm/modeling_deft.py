@@ -400,25 +400,27 @@ class DeftModel(DeftPreTrainedModel):
 
     def grounding_loss(self, hidden: torch.Tensor, labels: torch.Tensor,
                        emotion_labels: torch.Tensor | None, au_labels: torch.Tensor | None) -> torch.Tensor | None:
-        """The LLM's state that starts the answer must already tell the clip's emotion and AUs.
+        """Every LLM state that writes the answer must tell the clip's emotion and AUs.
 
         With the LM loss alone a small LLM learns to write a fluent answer from the prompt and
-        its own earlier words, and reads the clip only weakly; at the answer's first position
-        no earlier word helps, so this term makes the LLM read the expert tokens there, and the
-        explanation can then say what the heads know. Training only.
+        its own earlier words, and reads the clip only weakly. This term (through a small head,
+        training only) makes each state that picks an answer token hold what the clip shows, so
+        the explanation can say what the heads know: at the answer's start, where no earlier
+        word helps, and at each later choice of the next AU to list.
         """
         answer = labels != -100
-        has_answer = answer.any(1) & (answer.float().argmax(1) > 0)
-        if not has_answer.any():
+        writes_answer = torch.zeros_like(answer)
+        writes_answer[:, :-1] = answer[:, 1:]  # the state at t predicts token t + 1
+        rows, positions = writes_answer.nonzero(as_tuple=True)
+        if rows.numel() == 0:
             return None
-        start = answer.float().argmax(1)[has_answer] - 1  # the state that predicts the first answer token
-        logits = self.grounding_head(hidden[has_answer, start])
+        logits = self.grounding_head(hidden[rows, positions])
         emotion_logits, au_logits = logits.split([self.config.num_labels, len(self.config.au_labels)], dim=-1)
         terms = []
         if emotion_labels is not None:
-            terms.append(emotion_cross_entropy(emotion_logits, emotion_labels.to(logits.device)[has_answer]))
+            terms.append(emotion_cross_entropy(emotion_logits, emotion_labels.to(logits.device)[rows]))
         if au_labels is not None:
-            terms.append(au_binary_cross_entropy(au_logits, au_labels.to(logits.device)[has_answer]))
+            terms.append(au_binary_cross_entropy(au_logits, au_labels.to(logits.device)[rows]))
         return sum(terms) if terms else None
 
     def _aux_losses(self, expert_tokens, emotion_logits, au_logits, emotion_labels, au_labels) -> dict:

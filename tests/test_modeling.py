@@ -274,17 +274,26 @@ def test_clip_token_errors(config):
         model(input_ids=text_only)
 
 
-def test_grounding_loss_reads_the_state_that_starts_the_answer(config):
-    """Zero grounding head: CE over the classes + mean BCE at p = 0.5. Only the state before the
-    first answer token counts, so changing later answer tokens leaves the loss unchanged."""
+def test_grounding_loss_reads_every_state_that_writes_the_answer(config):
+    """Zero grounding head: CE over the classes + mean BCE at p = 0.5. Every state that predicts
+    an answer token counts (from the one before the answer to the one before its last token);
+    the prompt's earlier states and the last token's state do not."""
     torch.manual_seed(0)
     model = DeftForConditionalGeneration(config).eval()
     batch = make_batch(config, batch_size=3)
+    labels, emotions, aus = batch["labels"], batch["emotion_labels"], batch["au_labels"]
+    hidden = torch.randn(*labels.shape, config.text_config.hidden_size)
+    loss = model.model.grounding_loss(hidden, labels, emotions, aus)
+    first = int((labels[0] != -100).nonzero()[0]) - 1  # the state that predicts the first answer token
+
+    def moved(*positions):
+        changed = hidden.clone()
+        changed[0, list(positions)] += 1.0
+        return not torch.equal(model.model.grounding_loss(changed, labels, emotions, aus), loss)
+
+    assert not moved(*range(first)) and not moved(labels.shape[1] - 1)
+    assert moved(first) and moved(labels.shape[1] - 2)
     with torch.no_grad():
-        loss = model(**batch).grounding_loss
-        later = batch["input_ids"].clone()
-        later[:, -3] = 42
-        assert torch.equal(model(**{**batch, "input_ids": later}).grounding_loss, loss)
         model.model.grounding_head.weight.zero_()
         model.model.grounding_head.bias.zero_()
         zero = model(**batch).grounding_loss
