@@ -20,7 +20,7 @@ import datasets
 from deft_llm import facs
 from deft_llm.baselines import ststnet_loso
 from deft_llm.evaluate import EvalArguments, run_loso, score
-from deft_llm.metrics import classification_metrics
+from deft_llm.metrics import classification_metrics, paired_uf1_difference
 from deft_llm.sft import DeftDataCollator, build_model_and_processor, parse_args
 
 RECIPE = Path(__file__).resolve().parent.parent / "configs" / "sft_synth_tiny.yaml"
@@ -139,8 +139,18 @@ def merge(paths: list[str], out: Path) -> None:
     results = {name: p[0] if len(p) == 1 else pool(name, p, meta["classes"]) for name, p in parts.items()}
     meta["machine"] = "; ".join(dict.fromkeys(run["meta"]["machine"] for run in runs))
     meta["dataset"] = list(dict.fromkeys(run["meta"]["dataset"] for run in runs))
-    (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     print_table(meta, results)
+    compare_to_first(results, meta["classes"])
+    (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+
+
+def predictions_of(result: dict) -> list[dict]:
+    """The saved predictions behind a result row (none for the STSTNet baseline)."""
+    predictions = []
+    for folder in result.get("report_dirs", [result["report_dir"]] if "report_dir" in result else []):
+        lines = (Path(folder) / "predictions.jsonl").read_text().splitlines()
+        predictions += [json.loads(line) for line in lines if line.strip()]
+    return predictions
 
 
 def pool(name: str, parts: list[dict], classes: list[str]) -> dict:
@@ -149,14 +159,36 @@ def pool(name: str, parts: list[dict], classes: list[str]) -> dict:
     if len(folds) != len(set(folds)) or any("report_dir" not in part for part in parts):
         raise ValueError(f"{name}: cannot pool parts that share folds or saved no predictions: "
                          f"{[part.get('folds') for part in parts]}")
-    predictions = []
-    for part in parts:
-        lines = (Path(part["report_dir"]) / "predictions.jsonl").read_text().splitlines()
-        predictions += [json.loads(line) for line in lines if line.strip()]
+    pooled = {"report_dirs": [part["report_dir"] for part in parts]}
+    predictions = predictions_of(pooled)
     if sorted({p["subject"] for p in predictions}) != sorted(folds):
         raise ValueError(f"{name}: the saved predictions' subjects do not match the parts' folds {sorted(folds)}")
     return {**score(predictions, classes), "seconds": sum(part["seconds"] for part in parts),
-            "folds": sorted(folds), "machine": "; ".join(dict.fromkeys(part["machine"] for part in parts))}
+            "folds": sorted(folds), "machine": "; ".join(dict.fromkeys(part["machine"] for part in parts)),
+            **pooled}
+
+
+def compare_to_first(results: dict, classes: list[str]) -> None:
+    """Each row against the first on the same clips: UF1 differences with paired bootstrap 95 %
+    intervals (``vs_first``), since one seed's single numbers cannot say whether an ablation hurts."""
+    rows = {name: {p["id"]: p for p in predictions_of(r)} for name, r in results.items()}
+    rows = {name: by_id for name, by_id in rows.items() if by_id}
+    if len(rows) < 2:
+        return
+    first_name, first = next(iter(rows.items()))
+    ids = sorted(first)
+    truth = [first[i]["emotion"] for i in ids]
+    print(f"\nUF1 of {first_name} minus each row's, same clips (95 % paired bootstrap interval):\n")
+    print("| model | text | head |\n|---|---|---|")
+    for name, other in list(rows.items())[1:]:
+        if sorted(other) != ids:
+            continue  # other clips: nothing to pair
+        results[name]["vs_first"] = {
+            source: paired_uf1_difference(truth, [first[i][f"{source}_emotion"] for i in ids],
+                                          [other[i][f"{source}_emotion"] for i in ids], classes)
+            for source in ("text", "head")}
+        cells = [f"{d['difference']:+.3f} ({d['low']:+.3f} to {d['high']:+.3f})" for d in results[name]["vs_first"].values()]
+        print(f"| {name} | " + " | ".join(cells) + " |")
 
 
 def write_table(results, rows, classes, cli, out, build_seconds, dataset_path):

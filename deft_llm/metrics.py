@@ -55,6 +55,27 @@ def classification_metrics(y_true: Sequence[str], y_pred: Sequence[str | None],
     }
 
 
+def paired_uf1_difference(y_true: Sequence[str], pred_a: Sequence[str | None], pred_b: Sequence[str | None],
+                          classes: Sequence[str], resamples: int = 1000, seed: int = 0) -> dict:
+    """UF1(a) - UF1(b) on the same clips, with a 95 % paired bootstrap interval (clips resampled).
+
+    One seed's LOSO run gives one number per model; whether two models differ is the question
+    an ablation asks, and an interval that includes 0 says this data cannot tell them apart.
+    """
+    if not len(y_true) == len(pred_a) == len(pred_b):
+        raise ValueError(f"{len(y_true)} labels but {len(pred_a)} and {len(pred_b)} predictions")
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for _ in range(resamples):
+        idx = rng.integers(0, len(y_true), len(y_true))
+        truth = [y_true[i] for i in idx]
+        diffs.append(classification_metrics(truth, [pred_a[i] for i in idx], classes)["uf1"]
+                     - classification_metrics(truth, [pred_b[i] for i in idx], classes)["uf1"])
+    low, high = np.percentile(diffs, [2.5, 97.5])
+    diff = classification_metrics(y_true, pred_a, classes)["uf1"] - classification_metrics(y_true, pred_b, classes)["uf1"]
+    return {"difference": float(diff), "low": float(low), "high": float(high), "resamples": resamples}
+
+
 def au_metrics(true_aus: Sequence[Sequence[str]], pred_aus: Sequence[Sequence[str]]) -> dict:
     """Micro precision / recall / F1 of predicted AU sets against labelled AU sets, plus per AU."""
     if len(true_aus) != len(pred_aus):

@@ -2,7 +2,8 @@
 
 import pytest
 
-from deft_llm.metrics import au_metrics, classification_metrics, confusion_matrix, loso_folds, plot_confusion
+from deft_llm.metrics import (au_metrics, classification_metrics, confusion_matrix, loso_folds,
+                              paired_uf1_difference, plot_confusion)
 
 CLASSES = ["a", "b", "c"]
 TRUE = ["a", "a", "a", "b", "b", "c", "c", "c"]
@@ -59,3 +60,21 @@ def test_confusion_png(tmp_path):
     path = tmp_path / "cm.png"
     plot_confusion([[2, 1], [0, 3]], ["a", "b"], path, title="t")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_paired_uf1_difference():
+    truth = ["a", "b"] * 20
+    same = paired_uf1_difference(truth, truth, truth, ["a", "b"], resamples=50)
+    assert same == {"difference": 0.0, "low": 0.0, "high": 0.0, "resamples": 50}
+    # b is right on 30 of 40 clips, a on all: a is better on every resample (or tied on none).
+    worse = ["a", "b"] * 15 + ["b", "a"] * 5
+    better = paired_uf1_difference(truth, truth, worse, ["a", "b"], resamples=200)
+    assert better["difference"] == pytest.approx(1.0 - classification_metrics(truth, worse, ["a", "b"])["uf1"])
+    assert better["difference"] == pytest.approx(0.25)
+    assert 0 < better["low"] < better["difference"] < better["high"]
+    # Swapping the models flips the sign and the interval.
+    flipped = paired_uf1_difference(truth, worse, truth, ["a", "b"], resamples=200)
+    assert flipped["difference"] == -better["difference"]
+    assert (flipped["low"], flipped["high"]) == pytest.approx((-better["high"], -better["low"]))
+    with pytest.raises(ValueError, match="40 labels but 40 and 39 predictions"):
+        paired_uf1_difference(truth, truth, worse[:-1], ["a", "b"])

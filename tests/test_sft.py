@@ -261,9 +261,9 @@ def test_bench_loso_merge_pools_a_variant_run_in_parts(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     import bench_loso
 
-    def part(folder, rows):
+    def part(folder, rows, name="DEFT"):
         (tmp_path / folder).mkdir()
-        predictions = [{"subject": s, "emotion": e, "text_emotion": t, "head_emotion": e,
+        predictions = [{"id": f"{s}/{e}", "subject": s, "emotion": e, "text_emotion": t, "head_emotion": e,
                         "labelled_aus": ["AU12"], "kept_aus": ["AU12"], "predicted_aus": ["AU12"]}
                        for s, e, t in rows]
         (tmp_path / folder / "predictions.jsonl").write_text("\n".join(map(json.dumps, predictions)))
@@ -271,13 +271,21 @@ def test_bench_loso_merge_pools_a_variant_run_in_parts(tmp_path, monkeypatch):
                 "seed": 0, "folds": 2, "dataset": "d", "date": "2026-11-26"}
         result = {"seconds": 10.0, "folds": sorted({s for s, _, _ in rows}),
                   "report_dir": str(tmp_path / folder)}
-        (tmp_path / f"{folder}.json").write_text(json.dumps({"meta": meta, "results": {"DEFT": result}}))
+        (tmp_path / f"{folder}.json").write_text(json.dumps({"meta": meta, "results": {name: result}}))
         return str(tmp_path / f"{folder}.json")
 
     a = part("a", [("s1", "happiness", "happiness"), ("s1", "surprise", "happiness")])
     b = part("b", [("s2", "happiness", "happiness"), ("s2", "surprise", "surprise")])
-    bench_loso.merge([a, b], tmp_path)
-    pooled = json.loads((tmp_path / "results.json").read_text())["results"]["DEFT"]
+    # An ablation on the same clips, in one part, that names no class right in its text.
+    ablation = part("e", [("s1", "happiness", None), ("s1", "surprise", None),
+                          ("s2", "happiness", None), ("s2", "surprise", None)], name="ablation")
+    bench_loso.merge([a, b, ablation], tmp_path)
+    merged = json.loads((tmp_path / "results.json").read_text())["results"]
+    pooled = merged["DEFT"]
+    # DEFT's text UF1: happiness F1 4/5 (TP 2, FP 1), surprise 2/3 (TP 1, FN 1), minus the
+    # ablation's 0 (no valid answer); the heads are identical.
+    assert merged["ablation"]["vs_first"]["text"]["difference"] == pytest.approx((4 / 5 + 2 / 3) / 2)
+    assert merged["ablation"]["vs_first"]["head"] == {"difference": 0.0, "low": 0.0, "high": 0.0, "resamples": 1000}
     assert pooled["folds"] == ["s1", "s2"] and pooled["seconds"] == 20.0
     assert pooled["text_native"]["n"] == 4 and pooled["text_native"]["accuracy"] == 0.75
     assert pooled["text_native"]["confusion"] == [[2, 0], [1, 1]]
