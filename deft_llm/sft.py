@@ -139,6 +139,7 @@ class DeftDataCollator:
         self.label_set = label_set
         self.label2id = {label: i for i, label in config.id2label.items()}
         self.au_index = [facs.AU_VOCAB.index(au) for au in config.au_labels]
+        self.au_labels = list(config.au_labels)
         self.flow_method = flow_method
         self.cache = {} if cache is None else cache
 
@@ -169,20 +170,51 @@ class DeftDataCollator:
             self.clip_tensors(dataset[i])
         return dataset.remove_columns([c for c in ("frames", "flow") if c in dataset.column_names])
 
+    def pending_aus(self, texts: list[str], offsets: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """(B, L, num AUs): 1 where the answer has yet to name that AU after token t.
+
+        The state at t writes token t + 1, so an AU is pending up to and including the state
+        that writes its number: deciding to go on listing, and which AU comes next, needs
+        what is left to say, not only what the clip shows.
+        """
+        au_position = {au: k for k, au in enumerate(self.au_labels)}
+        pending = torch.zeros(*labels.shape, len(au_position))
+        for b, text in enumerate(texts):
+            answer = (labels[b] != -100).tolist()
+            t = 0
+            while t < len(answer):
+                if not answer[t]:
+                    t += 1
+                    continue
+                end = t
+                while end + 1 < len(answer) and answer[end + 1]:
+                    end += 1
+                begin, stop = int(offsets[b, t, 0]), int(offsets[b, end, 1])
+                for name, char in facs.evidence_mentions(text[begin:stop]):
+                    if name in au_position:
+                        token = t + int(((offsets[b, t:end + 1, 1] <= begin + char)).sum())
+                        pending[b, t - 1:token, au_position[name]] = 1
+                t = end + 1
+        return pending
+
     def __call__(self, rows: list[dict]) -> dict:
         clips = [self.clip_tensors(row) for row in rows]
-        texts = [self.processor.apply_chat_template(row["messages"], tokenize=False) for row in rows]
-        encoded = self.processor.tokenizer([self.processor.expand_placeholders(t) for t in texts],
-                                           padding=True, return_tensors="pt")
+        texts = [self.processor.expand_placeholders(self.processor.apply_chat_template(row["messages"], tokenize=False))
+                 for row in rows]
+        tokenizer = self.processor.tokenizer
+        encoded = tokenizer(texts, padding=True, return_tensors="pt", return_offsets_mapping=tokenizer.is_fast)
+        labels = self.processor.build_labels(encoded["input_ids"], encoded["attention_mask"])
         au_targets = torch.tensor([row["au_targets"] for row in rows], dtype=torch.float32)
         batch = {
             "input_ids": encoded["input_ids"],
             "attention_mask": encoded["attention_mask"],
-            "labels": self.processor.build_labels(encoded["input_ids"], encoded["attention_mask"]),
+            "labels": labels,
             "emotion_labels": torch.tensor([self.label2id.get(row_emotion(row, self.label_set), -100)
                                             for row in rows]),
             "au_labels": au_targets[:, self.au_index],
         }
+        if tokenizer.is_fast:
+            batch["pending_au_labels"] = self.pending_aus(texts, encoded["offset_mapping"], labels)
         for key in clips[0]:
             batch[key] = torch.from_numpy(np.stack([c[key] for c in clips]))
         return batch

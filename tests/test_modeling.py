@@ -298,6 +298,15 @@ def test_grounding_loss_reads_every_state_that_writes_the_answer(config):
         model.model.grounding_head.bias.zero_()
         zero = model(**batch).grounding_loss
     torch.testing.assert_close(zero, torch.tensor(math.log(config.num_labels) + math.log(2)))
+    # The AUs still to name (from the collator): a third term, mean BCE at p = 0.5 too, read
+    # from the same states.
+    pending = torch.zeros(*labels.shape, len(config.au_labels))
+    pending[0, first, 0] = 1
+    with torch.no_grad():
+        with_pending = model(**batch, pending_au_labels=pending).grounding_loss
+    torch.testing.assert_close(with_pending, torch.tensor(math.log(config.num_labels) + 2 * math.log(2)))
+    model.model.grounding_head.bias.data[-len(config.au_labels)] = 3.0  # the first AU's "still to name"
+    assert model(**batch, pending_au_labels=pending).grounding_loss > with_pending
     # No answer in any row (a prompt-only batch): no grounding term.
     assert model(**{**batch, "labels": torch.full_like(batch["labels"], -100)}).grounding_loss is None
 

@@ -85,6 +85,41 @@ def test_collator_shapes_and_answer_only_labels(uni_mer):
     assert torch.equal(again["motion_map"], batch["motion_map"])
 
 
+def test_collator_marks_the_aus_the_answer_has_yet_to_name(uni_mer):
+    """pending_au_labels[b, t]: the AUs the evidence line names after token t; each stays pending
+    up to the state that writes its number, so the state before the answer holds them all."""
+    rows = datasets.load_dataset(str(uni_mer), split="train").select(range(4))
+    model, processor = build_model_and_processor(DeftArguments(dataset_name=str(uni_mer)),
+                                                 parse_args(["--config", str(TINY_RECIPE)])[2],
+                                                 ["happiness", "surprise", "disgust"])
+    collator = DeftDataCollator(processor, model.config)
+    batch = collator(list(rows))
+    au_labels = model.config.au_labels
+    pending = batch["pending_au_labels"]
+    assert pending.shape == (*batch["input_ids"].shape, len(au_labels))
+    checked = 0
+    for i, row in enumerate(rows):
+        answer = row["messages"][1]["content"][0]["text"]
+        named = [au for au, _ in facs.evidence_mentions(answer)]
+        assert named, answer
+        first = int((batch["labels"][i] != -100).nonzero()[0])
+        names = lambda t: {au_labels[k] for k in pending[i, t].nonzero().flatten().tolist()}  # noqa: E731
+        assert pending[i, :first - 1].sum() == 0 and names(first - 1) == set(named)
+        ids = batch["input_ids"][i].tolist()
+        line_end = next(t for t in range(first, len(ids)) if "\n" in processor.tokenizer.decode(ids[t]))
+        numbers = [t for t in range(first, line_end)  # the evidence line; the reason names AUs too
+                   if processor.tokenizer.decode(batch["input_ids"][i, t - 1:t + 1]).strip().startswith("AU")
+                   and processor.tokenizer.decode(batch["input_ids"][i, t]).strip().isdigit()]
+        assert len(numbers) == len(named)  # one number token per mention in this tokenizer
+        for k, (t, au) in enumerate(zip(numbers, named)):
+            assert processor.tokenizer.decode(batch["input_ids"][i, t]).strip() == au[2:]
+            assert au in names(t - 1)                      # the state that writes the number
+            assert (au in names(t)) == (au in named[k + 1:])  # named again later, or done
+            checked += 1
+        assert pending[i, numbers[-1]:].sum() == 0
+    assert checked >= 4
+
+
 def test_collator_prepare_drops_frames_and_flow_without_changing_batches(uni_mer):
     rows = datasets.load_dataset(str(uni_mer), split="train").select(range(4))
     model, processor = build_model_and_processor(DeftArguments(dataset_name=str(uni_mer)),

@@ -98,6 +98,16 @@ def test_process_clip_on_constructed_clip():
     assert row["flow"].shape == (64, 64, 2) and row["flow"].dtype == np.float16
 
 
+def test_evidence_mentions_give_each_named_au_and_where_its_number_is():
+    text = ("Motion evidence: AU4 (left inner brow, down, 0.4 px); AU25 (lips, apart, 0.6 px); "
+            "AU4 (right inner brow, down, 0.3 px).\nEmotion: anger.\nReason: AU9 did not move.")
+    mentions = facs.evidence_mentions(text)
+    assert [au for au, _ in mentions] == ["AU4", "AU25", "AU4"]  # in order; the reason's AU9 is not evidence
+    assert [text[offset:offset + len(au) - 2] for au, offset in mentions] == ["4", "25", "4"]
+    assert facs.parse_answer(text)["aus"] == ["AU4", "AU25"]
+    assert facs.evidence_mentions("Emotion: anger.") == []
+
+
 def test_missing_apex_is_spotted():
     cfg = SynthConfig(fps=60, difficulty="easy")
     spec = ClipSpec(index=0, subject="sub03", clip="clip00000", emotion="surprise",
