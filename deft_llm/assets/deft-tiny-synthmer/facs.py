@@ -264,6 +264,18 @@ _EVIDENCE_LINE = re.compile(r"Motion evidence:([^\n]*)")
 _AU_NAME = re.compile(r"\bAU(\d{1,2})\b")
 
 
+def evidence_mentions(text: str) -> list[tuple[str, int]]:
+    """Each AU the evidence line names, in order: ``(name, offset of its number in text)``.
+
+    The offset lets training find the token that names each AU (``DeftDataCollator``).
+    """
+    evidence = _EVIDENCE_LINE.search(text)
+    if not evidence:
+        return []
+    start = evidence.start(1)
+    return [(f"AU{int(m.group(1))}", start + m.start(1)) for m in _AU_NAME.finditer(evidence.group(1))]
+
+
 def parse_answer(text: str) -> dict:
     """Read generated text back: ``{"emotion": str | None, "aus": ["AU6", ...], "text": text}``.
 
@@ -282,11 +294,5 @@ def parse_answer(text: str) -> dict:
                 emotion = normalize_emotion(word)
             except ValueError:
                 emotion = None
-    aus: list[str] = []
-    evidence = _EVIDENCE_LINE.search(text)
-    if evidence:
-        for number in _AU_NAME.findall(evidence.group(1)):
-            name = f"AU{int(number)}"
-            if name not in aus:
-                aus.append(name)
+    aus = list(dict.fromkeys(name for name, _ in evidence_mentions(text)))
     return {"emotion": emotion, "aus": aus, "text": text}

@@ -240,7 +240,8 @@ class DeftModel(DeftPreTrainedModel):
         self.emotion_head = nn.Linear(sum(config.expert_num_tokens().values()) * hidden, config.num_labels)
         self.au_head = (nn.Linear(config.num_motion_tokens * hidden, len(config.au_labels))
                         if "motion" in config.experts else None)
-        self.grounding_head = nn.Linear(hidden, config.num_labels + len(config.au_labels))
+        # Per answer-writing state: emotion | the clip's AUs | the AUs the answer has yet to name.
+        self.grounding_head = nn.Linear(hidden, config.num_labels + 2 * len(config.au_labels))
         self.post_init()
 
     def get_input_embeddings(self):
@@ -398,15 +399,19 @@ class DeftModel(DeftPreTrainedModel):
             states.append(hidden[mask].reshape(hidden.shape[0], -1))
         return torch.cat(states, dim=-1)
 
-    def grounding_loss(self, hidden: torch.Tensor, labels: torch.Tensor,
-                       emotion_labels: torch.Tensor | None, au_labels: torch.Tensor | None) -> torch.Tensor | None:
-        """Every LLM state that writes the answer must tell the clip's emotion and AUs.
+    def grounding_loss(self, hidden: torch.Tensor, labels: torch.Tensor, emotion_labels: torch.Tensor | None,
+                       au_labels: torch.Tensor | None, pending_au_labels: torch.Tensor | None = None
+                       ) -> torch.Tensor | None:
+        """Every LLM state that writes the answer must tell the clip's emotion and AUs, and
+        which AUs the answer has yet to name.
 
         With the LM loss alone a small LLM learns to write a fluent answer from the prompt and
         its own earlier words, and reads the clip only weakly. This term (through a small head,
         training only) makes each state that picks an answer token hold what the clip shows, so
         the explanation can say what the heads know: at the answer's start, where no earlier
-        word helps, and at each later choice of the next AU to list.
+        word helps, and at each later choice of the next AU to list. Knowing the clip's AUs is
+        not enough for that choice: the state must also have subtracted the AUs already
+        written, or the list stops early (``pending_au_labels``, from the collator).
         """
         answer = labels != -100
         writes_answer = torch.zeros_like(answer)
@@ -415,12 +420,15 @@ class DeftModel(DeftPreTrainedModel):
         if rows.numel() == 0:
             return None
         logits = self.grounding_head(hidden[rows, positions])
-        emotion_logits, au_logits = logits.split([self.config.num_labels, len(self.config.au_labels)], dim=-1)
+        num_aus = len(self.config.au_labels)
+        emotion_logits, au_logits, pending_logits = logits.split([self.config.num_labels, num_aus, num_aus], dim=-1)
         terms = []
         if emotion_labels is not None:
             terms.append(emotion_cross_entropy(emotion_logits, emotion_labels.to(logits.device)[rows]))
         if au_labels is not None:
             terms.append(au_binary_cross_entropy(au_logits, au_labels.to(logits.device)[rows]))
+        if pending_au_labels is not None:
+            terms.append(au_binary_cross_entropy(pending_logits, pending_au_labels.to(logits.device)[rows, positions]))
         return sum(terms) if terms else None
 
     def _aux_losses(self, expert_tokens, emotion_logits, au_logits, emotion_labels, au_labels) -> dict:
@@ -477,12 +485,15 @@ class DeftForConditionalGeneration(DeftPreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         emotion_labels: torch.LongTensor | None = None,
         au_labels: torch.FloatTensor | None = None,
+        pending_au_labels: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
     ) -> DeftCausalLMOutputWithPast:
         r"""
         labels (`(B, L)`): LM targets, -100 outside the answer (the processor builds them).
+        pending_au_labels (`(B, L, len(au_labels))`): 1 where the answer has yet to name that AU
+            after token t (the collator builds them; grounding loss only).
         Other inputs: see :meth:`DeftModel.forward`.
         """
         outputs = self.model(input_ids=input_ids, attention_mask=attention_mask,
@@ -500,7 +511,8 @@ class DeftForConditionalGeneration(DeftPreTrainedModel, GenerationMixin):
                                          vocab_size=self.config.text_config.vocab_size)
             loss = self.config.lm_loss_weight * lm_loss
             if self.config.grounding_loss_weight:
-                grounding_loss = self.model.grounding_loss(hidden, labels, emotion_labels, au_labels)
+                grounding_loss = self.model.grounding_loss(hidden, labels, emotion_labels, au_labels,
+                                                           pending_au_labels)
             if grounding_loss is not None:
                 loss = loss + self.config.grounding_loss_weight * grounding_loss
         if outputs.aux_loss is not None:
