@@ -268,3 +268,13 @@ def test_build_from_casme2_layout(tmp_path):
     assert row["source_path"].endswith("Cropped/sub01/EP02_01f")
     card = (tmp_path / "out" / "README.md").read_text()
     assert "license: other" in card and "forbid public" in card
+
+
+def test_au_description_reason_reads_for_contractions_and_movements():
+    from deft_llm.data.uni_mer import make_reason
+
+    kept = [facs.AUEvidence("AU12", "mouth_corner_left", "up and outward", 0.4),
+            facs.AUEvidence("AU24", "lips", "lips pressed together", 0.85)]
+    assert make_reason("au_description", "happiness", kept) == (
+        "AU12 (lip corner puller) moves the left mouth corner up and outward by 0.40 px; "
+        "AU24 (lip pressor): lips pressed together by 0.85 px.")

@@ -159,9 +159,12 @@ _EMOTION_SENTENCES = {
 def _describe(kept: list[facs.AUEvidence]) -> str:
     parts = []
     for e in kept:
-        name = facs.ACTION_UNITS[int(e.au[2:])].name
-        parts.append(f"{e.au} ({name}) moves the {facs.region_label(e.region)} {e.direction} by "
-                     f"{e.size:.2f} px")
+        unit = facs.ACTION_UNITS[int(e.au[2:])]
+        if unit.direction is None:  # a contraction ("lips narrow"): no direction to move along
+            parts.append(f"{e.au} ({unit.name}): {e.direction} by {e.size:.2f} px")
+        else:
+            parts.append(f"{e.au} ({unit.name}) moves the {facs.region_label(e.region)} {e.direction} by "
+                         f"{e.size:.2f} px")
     return "; ".join(parts)
 
 
