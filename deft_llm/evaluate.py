@@ -75,13 +75,15 @@ def predict(model, processor, rows, collator, batch_size: int = 16, max_new_toke
         inputs = {k: v.to(model.device) for k, v in inputs.items()}
         outputs = model(**inputs)
         head = outputs.emotion_logits.float().softmax(-1).cpu()
+        # A model without the motion expert has no AU head: its rows get no "head_aus", so the
+        # report leaves the AU head out instead of scoring it 0.
         au_probs = (outputs.au_logits.float().sigmoid().cpu() if outputs.au_logits is not None
-                    else torch.zeros(len(batch), 0))
+                    else [None] * len(batch))
         generated = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
                                    stop_strings=["Reason:"], tokenizer=tokenizer)
         parsed = processor.post_process(generated, inputs["input_ids"])
         for row, answer, probs, aus in zip(batch, parsed, head, au_probs):
-            predictions.append({
+            prediction = {
                 "id": row["id"], "subject": row["subject"],
                 "emotion": row_emotion(row, collator.label_set),
                 "text_emotion": answer["emotion"], "head_emotion": id2label[int(probs.argmax())],
@@ -89,8 +91,10 @@ def predict(model, processor, rows, collator, batch_size: int = 16, max_new_toke
                 "labelled_aus": _au_numbers(row["labelled_aus"]),
                 "kept_aus": _au_numbers(row["kept_aus"]),
                 "predicted_aus": answer["aus"], "text": answer["text"],
-                "head_aus": [au for au, q in zip(model.config.au_labels, aus.tolist()) if q > 0.5],
-            })
+            }
+            if aus is not None:
+                prediction["head_aus"] = [au for au, q in zip(model.config.au_labels, aus.tolist()) if q > 0.5]
+            predictions.append(prediction)
     return predictions
 
 

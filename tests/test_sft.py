@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -279,15 +280,19 @@ def test_bench_loso_script_runs_a_variant_and_the_ststnet_baseline(uni_mer, tmp_
     """The results script end to end on one fold: a DEFT row and the flow-only baseline's row."""
     run = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "bench_loso.py"), "--dataset", str(uni_mer), "--folds", "1",
-         "--variants", "without texture", "--baseline-epochs", "1", "--out", str(tmp_path), "--label", "smoke",
+         "--variants", "without motion", "--baseline-epochs", "1", "--out", str(tmp_path), "--label", "smoke",
          "--sft", "--max_steps", "1", "--per_device_train_batch_size", "4"],
         capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     results = json.loads((tmp_path / "results.json").read_text())
-    assert list(results["results"]) == ["without texture, smoke", "STSTNet (flow only)"]
+    assert list(results["results"]) == ["without motion, smoke", "STSTNet (flow only)"]
     assert results["meta"]["folds"] == 1
     ststnet = results["results"]["STSTNet (flow only)"]
-    assert ststnet["head_native"]["n"] == len(results["results"]["without texture, smoke"]["folds"]) * 3
+    ablation = results["results"]["without motion, smoke"]
+    assert ststnet["head_native"]["n"] == len(ablation["folds"]) * 3
+    # No motion expert, no AU head: its AU head column is empty, not a score of 0.
+    assert "au_head_vs_labelled" not in ablation and "aus_vs_labelled" in ablation
+    assert re.search(r"\| without motion, smoke \|.* \| - \| [0-9]+ \|", run.stdout)
     assert "| STSTNet (flow only) | - | - |" in run.stdout
 
 
