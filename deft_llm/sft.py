@@ -14,6 +14,7 @@ and no PEFT; it carries the remote code, the processor, the tokenizer and a fill
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -139,7 +140,7 @@ class DeftDataCollator:
         self.label_set = label_set
         self.label2id = {label: i for i, label in config.id2label.items()}
         self.au_index = [facs.AU_VOCAB.index(au) for au in config.au_labels]
-        self.au_labels = list(config.au_labels)
+        self.au_position = {au: k for k, au in enumerate(config.au_labels)}
         self.flow_method = flow_method
         self.cache = {} if cache is None else cache
 
@@ -177,24 +178,18 @@ class DeftDataCollator:
         that writes its number: deciding to go on listing, and which AU comes next, needs
         what is left to say, not only what the clip shows.
         """
-        au_position = {au: k for k, au in enumerate(self.au_labels)}
-        pending = torch.zeros(*labels.shape, len(au_position))
+        pending = torch.zeros(*labels.shape, len(self.au_position))
         for b, text in enumerate(texts):
-            answer = (labels[b] != -100).tolist()
-            t = 0
-            while t < len(answer):
-                if not answer[t]:
-                    t += 1
+            position = 0
+            for is_answer, run in itertools.groupby((labels[b] != -100).tolist()):
+                first, position = position, position + len(list(run))
+                if not is_answer:
                     continue
-                end = t
-                while end + 1 < len(answer) and answer[end + 1]:
-                    end += 1
-                begin, stop = int(offsets[b, t, 0]), int(offsets[b, end, 1])
+                begin, stop = int(offsets[b, first, 0]), int(offsets[b, position - 1, 1])
                 for name, char in facs.evidence_mentions(text[begin:stop]):
-                    if name in au_position:
-                        token = t + int(((offsets[b, t:end + 1, 1] <= begin + char)).sum())
-                        pending[b, t - 1:token, au_position[name]] = 1
-                t = end + 1
+                    if name in self.au_position:
+                        token = first + int((offsets[b, first:position, 1] <= begin + char).sum())
+                        pending[b, first - 1:token, self.au_position[name]] = 1
         return pending
 
     def __call__(self, rows: list[dict]) -> dict:
