@@ -7,8 +7,9 @@ fields, with a micro-expression time profile and the nuisances that make real cl
 Because it rendered the motion itself, it knows the true AUs, emotion, onset/apex/offset and
 the true apex flow, so it can grade recognition, explanations and the optical-flow step.
 
-Geometry follows :data:`deft_llm.facs.REGIONS`: the whole frame is the canonical face crop,
-so the region boxes line up with the drawn brows, eyes, nose, mouth and chin.
+Geometry follows :data:`deft_llm.facs.REGIONS`: the canonical face fills the crop, so the
+region boxes line up with the drawn brows, eyes, nose, mouth and chin, up to each subject's
+crop jitter (below).
 
 Rendering
 ---------
@@ -23,6 +24,14 @@ Rendering
 * Time: raised-cosine rise onset -> apex and fall apex -> offset; onset -> offset lasts
   0.20-0.45 s, apex at 35-55 % of it; ``PRE_FRAMES`` neutral frames before the onset and
   ``POST_FRAMES`` after the offset. fps must be an integer in 30-200.
+* Wrinkles: the FACS appearance changes of AU1, 2, 4, 6, 9, 10, 12, 14, 15 and 17 (forehead
+  lines, glabellar furrows, crow's feet, nasal wrinkles, nasolabial furrow, dimples, chin boss)
+  darken the skin along a few strokes, up to ``WRINKLE_DEPTH`` (35 %) at intensity E, with the
+  AU's time profile. The flow barely sees them; they are what tells AU9 from AU10 on a face, and
+  AU1 from AU4 where their brow motion cancels. ``SynthConfig.wrinkles`` scales them (0: off).
+* Crop: each subject's face sits in the crop at its own scale (0.93-1.07) and offset (+-2.5 %),
+  as real face crops do, so the region boxes line up with the features only on average; the
+  onset frame shows where they are. ``SynthConfig.crop_jitter`` scales this (0: all aligned).
 * Frames are warped with ``cv2.remap`` (backward map ``x - D(x)``, so the forward flow is D),
   then area-downsampled to ``image_size``.
 
@@ -118,6 +127,8 @@ class SynthConfig:
     unilateral_prob: float = 0.2
     variation_prob: float = 0.3   # chance of dropping one optional AU; same for adding an extra
     label_noise: float = 0.0
+    wrinkles: float = 1.0         # strength of the FACS appearance changes (0: motion only)
+    crop_jitter: float = 1.0      # per-subject face scale/offset in the crop (0: every face aligned)
     difficulty: str = "medium"
     nuisance: Nuisance | None = None  # overrides ``difficulty`` when given
     supersample: int = 2
@@ -132,6 +143,8 @@ class SynthConfig:
         unknown = [e for e in self.emotions if e not in facs.EMOTIONS]
         if unknown:
             raise ValueError(f"SynthConfig.emotions: unknown {unknown}; known {facs.EMOTIONS}")
+        if self.wrinkles < 0 or self.crop_jitter < 0:
+            raise ValueError("SynthConfig.wrinkles and crop_jitter must be >= 0")
         if self.nuisance is None and self.difficulty not in DIFFICULTY:
             raise ValueError(f"SynthConfig.difficulty must be one of {list(DIFFICULTY)}")
 
@@ -226,6 +239,9 @@ class Identity:
     lip_color: tuple[float, float, float]
     texture_seed: int
     texture_strength: float            # gray levels of the skin texture
+    crop_scale: float = 1.0            # face size in the crop, relative to the canonical face
+    crop_dx: float = 0.0               # face centre offset in the crop
+    crop_dy: float = 0.0
 
 
 def make_identity(subject: int, seed: int = 0) -> Identity:
@@ -242,6 +258,8 @@ def make_identity(subject: int, seed: int = 0) -> Identity:
         mouth_width=rng.uniform(0.28, 0.34),
         lip_color=tuple(float(c) for c in np.array(skin) * np.array([0.85, 0.55, 0.55])),
         texture_seed=int(rng.integers(2**31)), texture_strength=rng.uniform(10, 18),
+        crop_scale=rng.uniform(0.93, 1.07), crop_dx=rng.uniform(-0.025, 0.025),
+        crop_dy=rng.uniform(-0.025, 0.025),
     )
 
 
@@ -349,6 +367,41 @@ def au_field(au: int, side: str | None, peak_px: float, size: int) -> np.ndarray
     return field_
 
 
+# FACS appearance changes: the wrinkles and furrows an AU makes, as polylines on the subject's
+# right half of the canonical face (x < 0.5; mirrored for the left), plus midline strokes.
+# They darken the skin with the AU's time profile, so they are texture the flow barely sees.
+_RIGHT_STROKES: dict[int, list[list[tuple[float, float]]]] = {
+    1: [[(0.40, y), (0.45, y - 0.008), (0.50, y - 0.01)] for y in (0.125, 0.155, 0.185)],
+    2: [[(0.20, y), (0.27, y - 0.012), (0.35, y - 0.006)] for y in (0.15, 0.18)],
+    4: [[(0.475, 0.215), (0.472, 0.265), (0.478, 0.315)]],
+    6: [[(0.155, 0.41), (0.095, 0.37)], [(0.15, 0.42), (0.085, 0.425)], [(0.155, 0.43), (0.095, 0.475)]],
+    9: [[(0.44, y), (0.47, y - 0.008), (0.50, y - 0.009)] for y in (0.455, 0.48, 0.505)],
+    10: [[(0.42, 0.58), (0.395, 0.62), (0.38, 0.665)]],
+    12: [[(0.395, 0.62), (0.36, 0.67), (0.335, 0.72)]],
+    14: [[(0.31, 0.735), (0.305, 0.755), (0.31, 0.775)]],
+    15: [[(0.33, 0.79), (0.345, 0.83)]],
+    17: [[(0.44, 0.87), (0.47, 0.875)], [(0.46, 0.90), (0.49, 0.905)], [(0.42, 0.895), (0.44, 0.91)]],
+}
+WRINKLE_DEPTH = 0.35   # darkening of the skin on a stroke at intensity E (1.8 px); x SynthConfig.wrinkles
+WRINKLE_AUS: tuple[int, ...] = tuple(_RIGHT_STROKES)
+
+
+def wrinkle_map(au: int, side: str | None, size: int) -> np.ndarray:
+    """Where AU ``au`` wrinkles the skin, (size, size) float32 in [0, 1], canonical face coords.
+
+    Zero for AUs without a FACS appearance change here (e.g. AU5, AU26: motion only).
+    """
+    out = np.zeros((size, size), np.float32)
+    sides = ("right", "left") if side is None else (side,)
+    for stroke in _RIGHT_STROKES.get(au, []):
+        for s in sides:
+            points = [(x if s == "right" else 1.0 - x, y) for x, y in stroke]
+            pts = np.array([[int(round(x * size * 16)), int(round(y * size * 16))] for x, y in points],
+                           np.int32)
+            cv2.polylines(out, [pts], False, 1.0, max(int(round(size / 128)), 1), cv2.LINE_AA, 4)
+    return cv2.GaussianBlur(out, (0, 0), max(size / 256, 0.5))
+
+
 def _profile(t: np.ndarray, onset: float, apex: float, offset: float) -> np.ndarray:
     """Raised-cosine rise onset -> apex and fall apex -> offset, 0 outside."""
     out = np.zeros_like(t, dtype=np.float64)
@@ -439,18 +492,41 @@ def _face_layers(subject: str, cfg: SynthConfig, size: int):
     return _IDENTITY_CACHE[key]
 
 
+def _crop_transform(subject: str, cfg: SynthConfig, size: int) -> np.ndarray:
+    """The subject's 2x3 affine from canonical face to crop pixels (scale about the centre + shift)."""
+    ident = make_identity(int(subject[3:]) - 1, cfg.seed)
+    scale = 1.0 + (ident.crop_scale - 1.0) * cfg.crop_jitter
+    shift_x, shift_y = (ident.crop_dx * cfg.crop_jitter * size, ident.crop_dy * cfg.crop_jitter * size)
+    centre = size / 2.0
+    return np.array([[scale, 0.0, centre * (1 - scale) + shift_x],
+                     [0.0, scale, centre * (1 - scale) + shift_y]], np.float32)
+
+
 def render_clip(spec: ClipSpec, cfg: SynthConfig) -> SynthClip:
-    """Render the frames of ``spec``: warp the neutral face by AU field + nuisances per frame."""
+    """Render the frames of ``spec``: warp the neutral face by AU field + nuisances per frame.
+
+    The AU fields and wrinkles live in canonical face coordinates; the subject's crop transform
+    (:func:`_crop_transform`) maps them into the frame, so the true flow is in frame pixels.
+    """
     ss = max(int(cfg.supersample), 1)
     big = cfg.image_size * ss
     face, alpha, background = _face_layers(spec.subject, cfg, big)
     layer = np.dstack([face * alpha[..., None], alpha])  # premultiplied, so edges blend cleanly
     nuisance = cfg.nuisances
     rng = np.random.default_rng(spec.seed)
-    expression = np.zeros((big, big, 2), np.float32)
+    crop = _crop_transform(spec.subject, cfg, big)
+    scale = float(crop[0, 0])
+    to_frame = lambda f: cv2.warpAffine(f, crop, (big, big), flags=cv2.INTER_LINEAR)  # noqa: E731
+    expression = np.zeros((big, big, 2), np.float32)   # canonical px, sampled at frame pixels
+    wrinkles = np.zeros((big, big), np.float32)        # canonical face coords
     for au in spec.aus:
         expression += au_field(au.number, au.side, au.peak_px * ss, big)
-    blink_field = au_field(45, None, nuisance.blink_amplitude * cfg.scale * ss, big)
+        if cfg.wrinkles > 0 and au.number in WRINKLE_AUS:
+            depth = WRINKLE_DEPTH * cfg.wrinkles * min(au.peak_px / cfg.scale / 1.8, 1.0)
+            wrinkles += wrinkle_map(au.number, au.side, big) * np.float32(depth)
+    wrinkles = np.minimum(wrinkles, 0.8)[..., None]
+    expression = to_frame(expression)
+    blink_field = to_frame(au_field(45, None, nuisance.blink_amplitude * cfg.scale * ss, big))
     t = np.arange(spec.num_frames, dtype=np.float64)
     weight = _profile(t, spec.onset, spec.apex, spec.offset)
     blink_weight = np.zeros_like(t)
@@ -475,13 +551,19 @@ def render_clip(spec: ClipSpec, cfg: SynthConfig) -> SynthClip:
         disp = expression * np.float32(weight[i])
         if blink_weight[i] > 0:
             disp = disp + blink_field * np.float32(blink_weight[i])
-        # Backward map: output pixel y samples the neutral face at R^-1 (y - c - t) + c - D.
+        # Backward map: output pixel y undoes the head motion (R^-1 (y - c - t) + c), then the
+        # crop transform, then the expression displacement D: it samples the face there.
         theta = math.radians(rot[i])
         cos, sin = math.cos(theta), math.sin(theta)
         X, Y = xx - float(centre + tx[i]), yy - float(centre + ty[i])
-        map_x = (cos * X + sin * Y + centre - disp[..., 0]).astype(np.float32, copy=False)
-        map_y = (-sin * X + cos * Y + centre - disp[..., 1]).astype(np.float32, copy=False)
-        warped = cv2.remap(layer, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        head_x, head_y = cos * X + sin * Y + centre, -sin * X + cos * Y + centre
+        map_x = ((head_x - crop[0, 2]) / scale - disp[..., 0]).astype(np.float32, copy=False)
+        map_y = ((head_y - crop[1, 2]) / scale - disp[..., 1]).astype(np.float32, copy=False)
+        shaded = layer
+        if weight[i] > 0 and cfg.wrinkles > 0:
+            shaded = layer.copy()
+            shaded[..., :3] *= 1.0 - wrinkles * np.float32(weight[i])
+        warped = cv2.remap(shaded, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
         image = warped[..., :3] + background * (1.0 - warped[..., 3:])
         if ss > 1:
             image = cv2.resize(image, (cfg.image_size, cfg.image_size), interpolation=cv2.INTER_AREA)
@@ -491,7 +573,7 @@ def render_clip(spec: ClipSpec, cfg: SynthConfig) -> SynthClip:
         if nuisance.noise_std > 0:
             image = image + rng.standard_normal(image.shape).astype(np.float32) * nuisance.noise_std
         frames[i] = np.clip(np.rint(image), 0, 255).astype(np.uint8)
-    flow_true = expression * np.float32(weight[spec.apex])
+    flow_true = expression * np.float32(weight[spec.apex] * scale)
     if ss > 1:
         flow_true = cv2.resize(flow_true, (cfg.image_size, cfg.image_size),
                                interpolation=cv2.INTER_AREA) / ss
@@ -634,5 +716,5 @@ __all__ = [
     "DIFFICULTY", "INTENSITY_PX", "Nuisance", "SynthConfig", "RenderedAU", "ClipSpec", "SynthClip",
     "Identity", "make_identity", "render_face", "au_field", "sample_clip", "render_clip", "SynthMER",
     "difficulty_report", "write_video", "read_video", "write_synthmer", "config_from_dict",
-    "PROTOTYPES", "OTHERS_POOL", "RENDERED_AUS",
+    "PROTOTYPES", "OTHERS_POOL", "RENDERED_AUS", "WRINKLE_AUS", "WRINKLE_DEPTH", "wrinkle_map",
 ]
