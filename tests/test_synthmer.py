@@ -7,8 +7,8 @@ import pytest
 
 from deft_llm import facs
 from deft_llm.data import SynthConfig, SynthMER, read_synthmer, write_synthmer
-from deft_llm.data.synthmer import (ClipSpec, Nuisance, RenderedAU, au_field, read_video,
-                                    render_clip, sample_clip, write_video)
+from deft_llm.data.synthmer import (ClipSpec, Nuisance, RenderedAU, au_field, make_identity,
+                                    read_video, render_clip, sample_clip, wrinkle_map, write_video)
 from deft_llm.optical_flow import au_evidence, measure_motion
 
 
@@ -44,6 +44,8 @@ def test_config_validation():
         SynthConfig(fps=250)
     with pytest.raises(ValueError, match="difficulty"):
         SynthConfig(difficulty="extreme")
+    with pytest.raises(ValueError, match="wrinkles and crop_jitter must be >= 0"):
+        SynthConfig(wrinkles=-1.0)
 
 
 def test_emotions_prototypes_and_variation():
@@ -130,3 +132,58 @@ def test_lossless_files_and_reader(tmp_path):
     assert records[1].apex == clip.spec.apex and records[1].au_string == clip.spec.au_string
     assert np.array_equal(records[1]._all_frames(), clip.frames)
     assert np.array_equal(records[1].ground_truth()["flow_true"], clip.flow_true)
+
+
+STILL = Nuisance(0, 0, 0, 0, 0, 0)
+
+
+def _single_au_clip(au, cfg, subject="sub02", side=None):
+    spec = ClipSpec(index=0, subject=subject, clip="clip00000", emotion="others",
+                    aus=[RenderedAU(au, side, "E", 1.8)], label_aus=[f"{au}E"], onset=2, apex=10,
+                    offset=20, num_frames=23, blink=None, seed=5)
+    return render_clip(spec, cfg)
+
+
+def _darkening(clip, mask):
+    """Mean gray-level drop from onset to apex where ``mask`` is set."""
+    onset, apex = (clip.frames[i].astype(np.float32).mean(-1) for i in (clip.spec.onset, clip.spec.apex))
+    return float((onset - apex)[mask].mean())
+
+
+def test_wrinkles_darken_their_strokes_and_follow_the_au():
+    cfg = SynthConfig(nuisance=STILL, crop_jitter=0.0)
+    nasal = wrinkle_map(9, None, 128) > 0.5          # AU9's strokes on the nose bridge
+    assert 10 < nasal.sum() < 200 and not wrinkle_map(5, None, 128).any()   # AU5: motion only
+    with_wrinkles = _single_au_clip(9, cfg)
+    motion_only = _single_au_clip(9, SynthConfig(nuisance=STILL, crop_jitter=0.0, wrinkles=0.0))
+    assert _darkening(with_wrinkles, nasal) > 8.0        # 1-px strokes, moved up with the nose
+    assert abs(_darkening(motion_only, nasal)) < 1.0      # the nose moves, but stays as bright
+    assert abs(_darkening(_single_au_clip(10, cfg), nasal)) < 1.0   # AU10 leaves the nose bridge smooth
+    # wrinkles add no motion: the true flow is the same with and without them
+    np.testing.assert_array_equal(with_wrinkles.flow_true, motion_only.flow_true)
+    # one side only for a unilateral code (subject's right = image left)
+    right = wrinkle_map(6, "right", 128)
+    assert right[:, :64].sum() > 10 and right[:, 64:].sum() == 0
+
+
+def test_crop_jitter_moves_and_scales_the_face_per_subject():
+    aligned = SynthConfig(nuisance=STILL, crop_jitter=0.0, wrinkles=0.0)
+    jittered = SynthConfig(nuisance=STILL, wrinkles=0.0)
+    ident = make_identity(1, 0)                               # sub02 under seed 0
+    assert 0.93 <= ident.crop_scale <= 1.07 and abs(ident.crop_dx) <= 0.025
+    base, moved = _single_au_clip(26, aligned), _single_au_clip(26, jittered)
+
+    def centroid(flow):
+        weight = np.linalg.norm(flow, axis=-1)
+        yy, xx = np.mgrid[0:128, 0:128]
+        return np.array([(xx * weight).sum(), (yy * weight).sum()]) / weight.sum()
+
+    expected = 64 + ident.crop_scale * (centroid(base.flow_true) - 64) + 128 * np.array(
+        [ident.crop_dx, ident.crop_dy])
+    np.testing.assert_allclose(centroid(moved.flow_true), expected, atol=0.3)
+    peak = lambda c: np.linalg.norm(c.flow_true, axis=-1).max()  # noqa: E731
+    assert peak(moved) == pytest.approx(peak(base) * ident.crop_scale, rel=0.03)
+    # the frames move with it: the neutral face differs, the flow measured still finds the jaw drop
+    assert not np.array_equal(base.frames[0], moved.frames[0])
+    flow = measure_motion(moved.frames[2], moved.frames[10], "dis").flow
+    assert np.linalg.norm(flow - moved.flow_true, axis=-1).mean() < 0.15

@@ -1,5 +1,7 @@
 """Uni-MER: dual-constraint decisions, answers, Hub-layout round trip, resume, push."""
 
+import json
+
 import numpy as np
 import pytest
 import yaml
@@ -8,7 +10,7 @@ from deft_llm import facs
 from deft_llm.data import (BuildConfig, ClipRecord, SynthConfig, SynthMER, build_uni_mer,
                            dual_constraint, example_frames, main, process_clip, push_to_hub)
 from deft_llm.data import uni_mer
-from deft_llm.data.synthmer import ClipSpec, RenderedAU, render_clip
+from deft_llm.data.synthmer import ClipSpec, RenderedAU, config_from_dict, render_clip
 from deft_llm.processing_deft import DeftVideoProcessor
 
 E = facs.AUEvidence
@@ -224,7 +226,11 @@ def test_push_to_hub_private_by_default(tmp_path, monkeypatch):
 
 
 def test_cli_synth_and_build(tmp_path, capsys):
-    assert main(["synth", str(tmp_path / "s"), "--clips", "2", "--size", "64", "--fps", "30"]) == 0
+    assert main(["synth", str(tmp_path / "s"), "--clips", "2", "--size", "64", "--fps", "30",
+                 "--wrinkles", "0.5", "--crop-jitter", "0"]) == 0
+    written = config_from_dict(json.loads((tmp_path / "s" / "config.json").read_text()))
+    assert (written.wrinkles, written.crop_jitter, written.image_size) == (0.5, 0.0, 64)
+    assert config_from_dict({"image_size": 64}).wrinkles == 0.0   # a folder from before wrinkles
     assert main(["build", str(tmp_path / "u"), "--source", f"synthmer={tmp_path / 's'}",
                  "--image-size", "64", "--flow-store-size", "16", "--quiet"]) == 0
     out = capsys.readouterr().out

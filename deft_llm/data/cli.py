@@ -30,11 +30,16 @@ def _synth_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--difficulty", choices=list(DIFFICULTY), default="medium")
     g.add_argument("--label-noise", type=float, default=0.0,
                    help="share of clips with one annotation error (spurious or missing AU)")
+    g.add_argument("--wrinkles", type=float, default=1.0,
+                   help="strength of the FACS appearance changes (wrinkles, furrows); 0: motion only")
+    g.add_argument("--crop-jitter", type=float, default=1.0,
+                   help="per-subject face scale and offset in the crop; 0: every face aligned")
 
 
 def _synth_config(args) -> SynthConfig:
     return SynthConfig(image_size=args.size, fps=args.fps, n_subjects=args.subjects, seed=args.seed,
-                       difficulty=args.difficulty, label_noise=args.label_noise)
+                       difficulty=args.difficulty, label_noise=args.label_noise,
+                       wrinkles=args.wrinkles, crop_jitter=args.crop_jitter)
 
 
 def build_parser() -> argparse.ArgumentParser:

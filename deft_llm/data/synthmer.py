@@ -705,6 +705,9 @@ def write_synthmer(out_dir: str | os.PathLike, n_clips: int, config: SynthConfig
 def config_from_dict(data: dict) -> SynthConfig:
     """Rebuild a :class:`SynthConfig` from ``config.json``."""
     data = dict(data)
+    # Folders written before wrinkles and crop jitter existed were rendered without them.
+    data.setdefault("wrinkles", 0.0)
+    data.setdefault("crop_jitter", 0.0)
     if data.get("nuisance") is not None:
         data["nuisance"] = Nuisance(**data["nuisance"])
     if "emotions" in data:
