@@ -483,18 +483,23 @@ def sample_clip(index: int, cfg: SynthConfig) -> ClipSpec:
 _IDENTITY_CACHE: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
 
+def _identity(subject: str, cfg: SynthConfig) -> Identity:
+    """The identity of ``subject`` ("sub01", ...) under ``cfg.seed``."""
+    return make_identity(int(subject[3:]) - 1, cfg.seed)
+
+
 def _face_layers(subject: str, cfg: SynthConfig, size: int):
     key = (subject, cfg.seed, size)
     if key not in _IDENTITY_CACHE:
         if len(_IDENTITY_CACHE) >= 32:  # bounded: memory must not grow with the number of clips
             _IDENTITY_CACHE.clear()
-        _IDENTITY_CACHE[key] = render_face(make_identity(int(subject[3:]) - 1, cfg.seed), size)
+        _IDENTITY_CACHE[key] = render_face(_identity(subject, cfg), size)
     return _IDENTITY_CACHE[key]
 
 
 def _crop_transform(subject: str, cfg: SynthConfig, size: int) -> np.ndarray:
     """The subject's 2x3 affine from canonical face to crop pixels (scale about the centre + shift)."""
-    ident = make_identity(int(subject[3:]) - 1, cfg.seed)
+    ident = _identity(subject, cfg)
     scale = 1.0 + (ident.crop_scale - 1.0) * cfg.crop_jitter
     shift_x, shift_y = (ident.crop_dx * cfg.crop_jitter * size, ident.crop_dy * cfg.crop_jitter * size)
     centre = size / 2.0
@@ -517,7 +522,7 @@ def render_clip(spec: ClipSpec, cfg: SynthConfig) -> SynthClip:
     crop = _crop_transform(spec.subject, cfg, big)
     scale = float(crop[0, 0])
     to_frame = lambda f: cv2.warpAffine(f, crop, (big, big), flags=cv2.INTER_LINEAR)  # noqa: E731
-    expression = np.zeros((big, big, 2), np.float32)   # canonical px, sampled at frame pixels
+    expression = np.zeros((big, big, 2), np.float32)   # canonical coords and px (to_frame below)
     wrinkles = np.zeros((big, big), np.float32)        # canonical face coords
     for au in spec.aus:
         expression += au_field(au.number, au.side, au.peak_px * ss, big)
