@@ -123,20 +123,23 @@ def machine() -> str:
 
 def merge(paths: list[str], out: Path) -> None:
     """One table from runs made apart (e.g. in parallel, or on different machines). The runs must
-    share clips, subjects, classes, seed and folds; the dataset folder may differ in path only
-    (each machine builds the same seeded SynthMER itself). Rows keep their own machine. A variant
-    run in parts (``--fold-subjects``) is pooled: its folds' predictions are scored together."""
+    share clips, subjects, classes and folds; the dataset folder may differ in path only (each
+    machine builds the same seeded SynthMER itself). Rows keep their own machine. A variant run in
+    parts (``--fold-subjects``) is pooled: its folds' predictions are scored together. A variant
+    run with several ``--seed``s is pooled over them too: one row per clip and seed, every seed
+    on the same folds, and ``per_seed`` keeps each seed's own scores."""
     runs = [json.loads(Path(p).read_text()) for p in paths]
     meta = dict(runs[0]["meta"])
     for run in runs[1:]:
-        for key in ("clips", "subjects", "classes", "seed", "folds"):
+        for key in ("clips", "subjects", "classes", "folds"):
             if run["meta"].get(key) != meta.get(key):
                 raise ValueError(f"cannot merge runs with different {key}: {run['meta'].get(key)} vs {meta.get(key)}")
     parts = {}
     for run in runs:
         for name, r in run["results"].items():
-            parts.setdefault(name, []).append({**r, "machine": run["meta"]["machine"]})
-    results = {name: p[0] if len(p) == 1 else pool(name, p, meta["classes"]) for name, p in parts.items()}
+            parts.setdefault(name, []).append({**r, "machine": run["meta"]["machine"], "seed": run["meta"]["seed"]})
+    results = {name: pool_seeds(name, p, meta["classes"]) for name, p in parts.items()}
+    meta["seed"] = sorted({run["meta"]["seed"] for run in runs})
     meta["machine"] = "; ".join(dict.fromkeys(run["meta"]["machine"] for run in runs))
     meta["dataset"] = list(dict.fromkeys(run["meta"]["dataset"] for run in runs))
     print_table(meta, results)
@@ -145,21 +148,48 @@ def merge(paths: list[str], out: Path) -> None:
 
 
 def predictions_of(result: dict) -> list[dict]:
-    """The saved predictions behind a result row (none for the STSTNet baseline)."""
+    """The saved predictions behind a result row (none for the STSTNet baseline), each with the
+    training seed that made it."""
     predictions = []
-    for folder in result.get("report_dirs", [result["report_dir"]] if "report_dir" in result else []):
+    folders = result.get("report_dirs", [result["report_dir"]] if "report_dir" in result else [])
+    for folder, seed in zip(folders, result.get("report_seeds", [result.get("seed", 0)] * len(folders))):
         lines = (Path(folder) / "predictions.jsonl").read_text().splitlines()
-        predictions += [json.loads(line) for line in lines if line.strip()]
+        predictions += [{**json.loads(line), "seed": seed} for line in lines if line.strip()]
     return predictions
 
 
+def pool_seeds(name: str, parts: list[dict], classes: list[str]) -> dict:
+    """One variant's runs: folds run apart are pooled per seed, then the seeds are pooled."""
+    seeds = sorted({part["seed"] for part in parts})
+    per_seed = {seed: pool(name, [p for p in parts if p["seed"] == seed], classes) for seed in seeds}
+    if len(seeds) == 1:
+        return per_seed[seeds[0]]
+    folds = {seed: r.get("folds") for seed, r in per_seed.items()}
+    if len({json.dumps(f) for f in folds.values()}) > 1:
+        raise ValueError(f"{name}: every seed must cover the same folds to be pooled, got {folds}")
+    pooled = {"report_dirs": [d for r in per_seed.values() for d in r["report_dirs"]],
+              "report_seeds": [s for s, r in per_seed.items() for _ in r["report_dirs"]]}
+    return {**score(predictions_of(pooled), classes), "seconds": sum(r["seconds"] for r in per_seed.values()),
+            "folds": folds[seeds[0]], "machine": "; ".join(dict.fromkeys(r["machine"] for r in per_seed.values())),
+            "seeds": seeds, **pooled,
+            "per_seed": {str(s): seed_summary(score(predictions_of(r), classes)) for s, r in per_seed.items()}}
+
+
+def seed_summary(scores: dict) -> dict:
+    return {"text_uf1": scores["text_native"]["uf1"], "head_uf1": scores["head_native"]["uf1"],
+            "au_f1_vs_labelled": scores["aus_vs_labelled"]["f1"]}
+
+
 def pool(name: str, parts: list[dict], classes: list[str]) -> dict:
-    """One variant's folds, run apart, scored as one LOSO run (pooled predictions)."""
+    """One variant's folds at one seed, run apart, scored as one LOSO run (pooled predictions)."""
+    if len(parts) == 1:
+        part = parts[0]
+        return {**part, "report_dirs": [part["report_dir"]]} if "report_dir" in part else part
     folds = [s for part in parts for s in part.get("folds", [])]
     if len(folds) != len(set(folds)) or any("report_dir" not in part for part in parts):
         raise ValueError(f"{name}: cannot pool parts that share folds or saved no predictions: "
                          f"{[part.get('folds') for part in parts]}")
-    pooled = {"report_dirs": [part["report_dir"] for part in parts]}
+    pooled = {"report_dirs": [part["report_dir"] for part in parts], "seed": parts[0]["seed"]}
     predictions = predictions_of(pooled)
     if sorted({p["subject"] for p in predictions}) != sorted(folds):
         raise ValueError(f"{name}: the saved predictions' subjects do not match the parts' folds {sorted(folds)}")
@@ -169,26 +199,30 @@ def pool(name: str, parts: list[dict], classes: list[str]) -> dict:
 
 
 def compare_to_first(results: dict, classes: list[str]) -> None:
-    """Each row against the first on the same clips: UF1 differences with paired bootstrap 95 %
-    intervals (``vs_first``), since one seed's single numbers cannot say whether an ablation hurts."""
-    rows = {name: {p["id"]: p for p in predictions_of(r)} for name, r in results.items()}
-    rows = {name: by_id for name, by_id in rows.items() if by_id}
+    """Each row against the first on the same clips and seeds: UF1 differences with paired
+    bootstrap 95 % intervals (``vs_first``), since one seed's single numbers cannot say whether
+    an ablation hurts. A row with fewer seeds than the first is paired on its own seeds; the
+    bootstrap draws clips, each with all its seeds' predictions."""
+    rows = {name: {(p["seed"], p["id"]): p for p in predictions_of(r)} for name, r in results.items()}
+    rows = {name: by_key for name, by_key in rows.items() if by_key}
     if len(rows) < 2:
         return
     first_name, first = next(iter(rows.items()))
-    ids = sorted(first)
-    truth = [first[i]["emotion"] for i in ids]
-    print(f"\nUF1 of {first_name} minus each row's, same clips (95 % paired bootstrap interval):\n")
-    print("| model | text | head |\n|---|---|---|")
+    print(f"\nUF1 of {first_name} minus each row's, same clips and seeds (95 % paired bootstrap interval):\n")
+    print("| model | seeds | text | head |\n|---|---|---|---|")
     for name, other in list(rows.items())[1:]:
-        if sorted(other) != ids:
+        keys = sorted(other)
+        if not set(keys) <= set(first):
             continue  # other clips: nothing to pair
+        truth, groups = [first[k]["emotion"] for k in keys], [k[1] for k in keys]
+        seeds = sorted({seed for seed, _ in keys})
         results[name]["vs_first"] = {
-            source: paired_uf1_difference(truth, [first[i][f"{source}_emotion"] for i in ids],
-                                          [other[i][f"{source}_emotion"] for i in ids], classes)
+            source: {**paired_uf1_difference(truth, [first[k][f"{source}_emotion"] for k in keys],
+                                             [other[k][f"{source}_emotion"] for k in keys], classes,
+                                             groups=groups), "seeds": seeds}
             for source in ("text", "head")}
         cells = [f"{d['difference']:+.3f} ({d['low']:+.3f} to {d['high']:+.3f})" for d in results[name]["vs_first"].values()]
-        print(f"| {name} | " + " | ".join(cells) + " |")
+        print(f"| {name} | {', '.join(map(str, seeds))} | " + " | ".join(cells) + " |")
 
 
 def write_table(results, rows, classes, cli, out, build_seconds, dataset_path):
@@ -201,24 +235,35 @@ def write_table(results, rows, classes, cli, out, build_seconds, dataset_path):
 
 
 def print_table(meta: dict, results: dict) -> None:
+    seeds = meta["seed"] if isinstance(meta["seed"], list) else [meta["seed"]]
     print(f"\n{meta['machine']}, {meta['date']}; SynthMER {meta['clips']} clips, {meta['subjects']} subjects, "
-          f"{len(meta['classes'])} classes; seed {meta['seed']}; LOSO folds: {meta['folds']}\n")
+          f"{len(meta['classes'])} classes; seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}; "
+          f"LOSO folds: {meta['folds']}\n")
     mixed = any("machine" in r for r in results.values())  # merged runs: name each row's machine
-    print("| model | UF1 text | UAR text | UF1 head | UAR head | acc. head | UF1 3-class head | "
-          "UF1 3-class text | AU F1 vs labels | AU F1 vs Uni-MER targets | AU F1, AU head | time (s) |"
+    several = len(seeds) > 1  # merged seeds: name each row's seeds
+    print("| model |" + (" seeds |" if several else "") + " UF1 text | UAR text | UF1 head | UAR head | acc. head | "
+          "UF1 3-class head | UF1 3-class text | AU F1 vs labels | AU F1 vs Uni-MER targets | AU F1, AU head | time (s) |"
           + (" machine |" if mixed else ""))
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if mixed else ""))
+    print("|---|" + ("---|" if several else "") + "---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if mixed else ""))
 
     def cell(r, key, field="uf1"):
         return f"{r[key][field]:.3f}" if key in r else "-"
 
     for name, r in results.items():
-        cells = [cell(r, "text_native"), cell(r, "text_native", "uar"), cell(r, "head_native"),
-                 cell(r, "head_native", "uar"), cell(r, "head_native", "accuracy"),
-                 cell(r, "head_composite"), cell(r, "text_composite"),
-                 cell(r, "aus_vs_labelled", "f1"), cell(r, "aus_vs_uni_mer_targets", "f1"),
-                 cell(r, "au_head_vs_labelled", "f1"), f"{r['seconds']:.0f}"] + ([r.get("machine", "")] if mixed else [])
+        cells = ([", ".join(map(str, r.get("seeds", [r.get("seed")])))] if several else []) + [
+            cell(r, "text_native"), cell(r, "text_native", "uar"), cell(r, "head_native"),
+            cell(r, "head_native", "uar"), cell(r, "head_native", "accuracy"),
+            cell(r, "head_composite"), cell(r, "text_composite"),
+            cell(r, "aus_vs_labelled", "f1"), cell(r, "aus_vs_uni_mer_targets", "f1"),
+            cell(r, "au_head_vs_labelled", "f1"), f"{r['seconds']:.0f}"] + ([r.get("machine", "")] if mixed else [])
         print(f"| {name} | " + " | ".join(cells) + " |")
+    per_seed = {name: r["per_seed"] for name, r in results.items() if "per_seed" in r}
+    if per_seed:
+        print("\nEach seed alone:\n\n| model | seed | UF1 text | UF1 head | AU F1 vs labels |\n|---|---|---|---|---|")
+        for name, scores in per_seed.items():
+            for seed, r in scores.items():
+                print(f"| {name} | {seed} | {r['text_uf1']:.3f} | {r['head_uf1']:.3f} | {r['au_f1_vs_labelled']:.3f} |")
+
 
 if __name__ == "__main__":
     main()

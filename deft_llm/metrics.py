@@ -56,18 +56,30 @@ def classification_metrics(y_true: Sequence[str], y_pred: Sequence[str | None],
 
 
 def paired_uf1_difference(y_true: Sequence[str], pred_a: Sequence[str | None], pred_b: Sequence[str | None],
-                          classes: Sequence[str], resamples: int = 1000, seed: int = 0) -> dict:
+                          classes: Sequence[str], resamples: int = 1000, seed: int = 0,
+                          groups: Sequence | None = None) -> dict:
     """UF1(a) - UF1(b) on the same clips, with a 95 % paired bootstrap interval (clips resampled).
 
     One seed's LOSO run gives one number per model; whether two models differ is the question
     an ablation asks, and an interval that includes 0 says this data cannot tell them apart.
+    ``groups``: rows that share a group are drawn together (a cluster bootstrap). Pooling
+    several training seeds gives one row per clip and seed; grouping by clip keeps the interval
+    about new clips, not about more rows of the same ones.
     """
     if not len(y_true) == len(pred_a) == len(pred_b):
         raise ValueError(f"{len(y_true)} labels but {len(pred_a)} and {len(pred_b)} predictions")
+    if groups is None:
+        groups = range(len(y_true))
+    elif len(groups) != len(y_true):
+        raise ValueError(f"{len(y_true)} labels but {len(groups)} groups")
+    members: dict = {}
+    for i, group in enumerate(groups):
+        members.setdefault(group, []).append(i)
+    members = list(members.values())
     rng = np.random.default_rng(seed)
     diffs = []
     for _ in range(resamples):
-        idx = rng.integers(0, len(y_true), len(y_true))
+        idx = [i for g in rng.integers(0, len(members), len(members)) for i in members[g]]
         truth = [y_true[i] for i in idx]
         diffs.append(classification_metrics(truth, [pred_a[i] for i in idx], classes)["uf1"]
                      - classification_metrics(truth, [pred_b[i] for i in idx], classes)["uf1"])

@@ -78,3 +78,19 @@ def test_paired_uf1_difference():
     assert (flipped["low"], flipped["high"]) == pytest.approx((-better["high"], -better["low"]))
     with pytest.raises(ValueError, match="40 labels but 40 and 39 predictions"):
         paired_uf1_difference(truth, truth, worse[:-1], ["a", "b"])
+
+
+def test_paired_uf1_difference_draws_groups_together():
+    """Two seeds' rows of the same clips, grouped by clip: the bootstrap draws clips, so the
+    interval is the one clip set's, not the narrower one of twice as many independent rows."""
+    truth = ["a", "b"] * 20
+    worse = ["a", "b"] * 15 + ["b", "a"] * 5
+    one = paired_uf1_difference(truth, truth, worse, ["a", "b"], resamples=200)
+    clips = list(range(40))
+    twice = paired_uf1_difference(truth * 2, truth * 2, worse * 2, ["a", "b"], resamples=200, groups=clips * 2)
+    assert twice == one  # each drawn clip brings both copies: the same UF1 on every resample
+    rows = paired_uf1_difference(truth * 2, truth * 2, worse * 2, ["a", "b"], resamples=200)
+    assert rows["difference"] == one["difference"]
+    assert rows["high"] - rows["low"] < one["high"] - one["low"]
+    with pytest.raises(ValueError, match="40 labels but 39 groups"):
+        paired_uf1_difference(truth, truth, worse, ["a", "b"], groups=clips[:-1])

@@ -296,23 +296,27 @@ def test_bench_loso_script_runs_a_variant_and_the_ststnet_baseline(uni_mer, tmp_
     assert "| STSTNet (flow only) | - | - |" in run.stdout
 
 
+def _loso_part(tmp_path, folder, rows, name="DEFT", seed=0):
+    """A saved LOSO run (results.json + predictions.jsonl) from (subject, emotion, text emotion)."""
+    (tmp_path / folder).mkdir()
+    predictions = [{"id": f"{s}/{e}", "subject": s, "emotion": e, "text_emotion": t, "head_emotion": e,
+                    "labelled_aus": ["AU12"], "kept_aus": ["AU12"], "predicted_aus": ["AU12"]}
+                   for s, e, t in rows]
+    (tmp_path / folder / "predictions.jsonl").write_text("\n".join(map(json.dumps, predictions)))
+    meta = {"machine": folder, "clips": 4, "subjects": 2, "classes": ["happiness", "surprise"],
+            "seed": seed, "folds": 2, "dataset": "d", "date": "2026-11-26"}
+    result = {"seconds": 10.0, "folds": sorted({s for s, _, _ in rows}), "report_dir": str(tmp_path / folder)}
+    (tmp_path / f"{folder}.json").write_text(json.dumps({"meta": meta, "results": {name: result}}))
+    return str(tmp_path / f"{folder}.json")
+
+
 def test_bench_loso_merge_pools_a_variant_run_in_parts(tmp_path, monkeypatch):
     """--subjects parts of one variant merge into one pooled LOSO score; overlapping parts fail."""
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     import bench_loso
 
     def part(folder, rows, name="DEFT"):
-        (tmp_path / folder).mkdir()
-        predictions = [{"id": f"{s}/{e}", "subject": s, "emotion": e, "text_emotion": t, "head_emotion": e,
-                        "labelled_aus": ["AU12"], "kept_aus": ["AU12"], "predicted_aus": ["AU12"]}
-                       for s, e, t in rows]
-        (tmp_path / folder / "predictions.jsonl").write_text("\n".join(map(json.dumps, predictions)))
-        meta = {"machine": folder, "clips": 4, "subjects": 2, "classes": ["happiness", "surprise"],
-                "seed": 0, "folds": 2, "dataset": "d", "date": "2026-11-26"}
-        result = {"seconds": 10.0, "folds": sorted({s for s, _, _ in rows}),
-                  "report_dir": str(tmp_path / folder)}
-        (tmp_path / f"{folder}.json").write_text(json.dumps({"meta": meta, "results": {name: result}}))
-        return str(tmp_path / f"{folder}.json")
+        return _loso_part(tmp_path, folder, rows, name)
 
     a = part("a", [("s1", "happiness", "happiness"), ("s1", "surprise", "happiness")])
     b = part("b", [("s2", "happiness", "happiness"), ("s2", "surprise", "surprise")])
@@ -325,10 +329,39 @@ def test_bench_loso_merge_pools_a_variant_run_in_parts(tmp_path, monkeypatch):
     # DEFT's text UF1: happiness F1 4/5 (TP 2, FP 1), surprise 2/3 (TP 1, FN 1), minus the
     # ablation's 0 (no valid answer); the heads are identical.
     assert merged["ablation"]["vs_first"]["text"]["difference"] == pytest.approx((4 / 5 + 2 / 3) / 2)
-    assert merged["ablation"]["vs_first"]["head"] == {"difference": 0.0, "low": 0.0, "high": 0.0, "resamples": 1000}
+    assert merged["ablation"]["vs_first"]["head"] == {"difference": 0.0, "low": 0.0, "high": 0.0, "resamples": 1000,
+                                                     "seeds": [0]}
     assert pooled["folds"] == ["s1", "s2"] and pooled["seconds"] == 20.0
     assert pooled["text_native"]["n"] == 4 and pooled["text_native"]["accuracy"] == 0.75
     assert pooled["text_native"]["confusion"] == [[2, 0], [1, 1]]
     assert pooled["machine"] == "a; b"
     with pytest.raises(ValueError, match="DEFT: cannot pool parts that share folds"):
         bench_loso.merge([a, part("c", [("s1", "happiness", "happiness")])], tmp_path)
+
+
+def test_bench_loso_merge_pools_seeds(tmp_path, monkeypatch):
+    """Runs of one variant with different --seed pool into one row per clip and seed; per_seed
+    keeps each seed's score; a row with fewer seeds is paired with the first on its own seeds."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import bench_loso
+
+    clips = [("s1", "happiness"), ("s1", "surprise"), ("s2", "happiness"), ("s2", "surprise")]
+    right = _loso_part(tmp_path, "seed0", [(s, e, e) for s, e in clips], seed=0)
+    # Seed 1 in two parts (one per fold); it calls every clip happiness.
+    half = [_loso_part(tmp_path, f"seed1-{s}", [(c, e, "happiness") for c, e in clips if c == s], seed=1)
+            for s in ("s1", "s2")]
+    ablation = _loso_part(tmp_path, "abl", [(s, e, "surprise") for s, e in clips], name="ablation", seed=0)
+    bench_loso.merge([right, *half, ablation], tmp_path)
+    merged = json.loads((tmp_path / "results.json").read_text())
+    deft = merged["results"]["DEFT"]
+    assert merged["meta"]["seed"] == [0, 1] and deft["seeds"] == [0, 1]
+    assert deft["text_native"]["n"] == 8 and deft["folds"] == ["s1", "s2"]
+    assert deft["text_native"]["confusion"] == [[4, 0], [2, 2]]
+    assert deft["per_seed"]["0"]["text_uf1"] == 1.0
+    assert deft["per_seed"]["1"]["text_uf1"] == pytest.approx((2 / 3 + 0) / 2)
+    assert deft["seconds"] == 30.0
+    # The ablation (seed 0 only) against DEFT's seed 0: 1.0 minus (0 + 2/3) / 2.
+    vs = merged["results"]["ablation"]["vs_first"]["text"]
+    assert vs["seeds"] == [0] and vs["difference"] == pytest.approx(1 - 1 / 3)
+    with pytest.raises(ValueError, match="DEFT: every seed must cover the same folds"):
+        bench_loso.merge([right, half[0]], tmp_path)
