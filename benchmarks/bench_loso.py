@@ -164,7 +164,7 @@ def pool_seeds(name: str, parts: list[dict], classes: list[str]) -> dict:
     per_seed = {seed: pool(name, [p for p in parts if p["seed"] == seed], classes) for seed in seeds}
     if len(seeds) == 1:
         return per_seed[seeds[0]]
-    folds = {seed: r.get("folds") for seed, r in per_seed.items()}
+    folds = {seed: sorted(r.get("folds") or []) for seed, r in per_seed.items()}
     if len({json.dumps(f) for f in folds.values()}) > 1:
         raise ValueError(f"{name}: every seed must cover the same folds to be pooled, got {folds}")
     pooled = {"report_dirs": [d for r in per_seed.values() for d in r["report_dirs"]],
