@@ -93,21 +93,32 @@ def main():
     rows = datasets.load_dataset(str(dataset_path), split="train")
     classes = [e for e in facs.EMOTIONS if e in set(rows["emotion"])]
     if not cli.no_baseline and not cli.fold_subjects:  # the flow-only baseline on the same folds and the same motion maps
-        results["STSTNet (flow only)"] = baseline(rows, dataset_path, classes, cache, cli)
+        results["STSTNet (flow only)"] = baseline(rows, dataset_path, classes, cache, cli, out / "STSTNet")
     write_table(results, rows, classes, cli, out, build_seconds, dataset_path)
 
 
-def baseline(rows, dataset_path, classes, cache, cli) -> dict:
-    """STSTNet on the same folds, fed the same motion maps (the collator's cached clip tensors)."""
+def baseline(rows, dataset_path, classes, cache, cli, report_dir: Path) -> dict:
+    """STSTNet on the same folds, fed the same motion maps (the collator's cached clip tensors).
+    Its predictions are saved like a variant's, so runs of it merge, pool and pair too."""
     args, _, model_args = parse_args(["--config", str(RECIPE), "--dataset_name", str(dataset_path)])[:3]
     model, processor = build_model_and_processor(args, model_args, classes)
     collator = DeftDataCollator(processor, model.config, args.flow_method, cache)
     t0 = time.perf_counter()
     predictions, _ = ststnet_loso(rows, collator.clip_tensors, classes, folds=cli.folds,
                                   epochs=cli.baseline_epochs, seed=cli.seed)
+    seconds = round(time.perf_counter() - t0, 1)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    (report_dir / "predictions.jsonl").write_text("".join(json.dumps(p) + "\n" for p in predictions))
+    return {**score_any(predictions, classes), "seconds": seconds, "folds": sorted({p["subject"] for p in predictions}),
+            "report_dir": str(report_dir.resolve())}
+
+
+def score_any(predictions: list[dict], classes: list[str]) -> dict:
+    """``evaluate.score`` for the DEFT variants; the head's scores alone for the baseline (no text)."""
+    if all("text_emotion" in p for p in predictions):
+        return score(predictions, classes)
     truth, predicted = [p["emotion"] for p in predictions], [p["head_emotion"] for p in predictions]
-    return {"head_native": classification_metrics(truth, predicted, classes),
-            "head_composite": composite(truth, predicted), "seconds": round(time.perf_counter() - t0, 1)}
+    return {"head_native": classification_metrics(truth, predicted, classes), "head_composite": composite(truth, predicted)}
 
 
 def machine() -> str:
@@ -169,15 +180,16 @@ def pool_seeds(name: str, parts: list[dict], classes: list[str]) -> dict:
         raise ValueError(f"{name}: every seed must cover the same folds to be pooled, got {folds}")
     pooled = {"report_dirs": [d for r in per_seed.values() for d in r["report_dirs"]],
               "report_seeds": [s for s, r in per_seed.items() for _ in r["report_dirs"]]}
-    return {**score(predictions_of(pooled), classes), "seconds": sum(r["seconds"] for r in per_seed.values()),
+    return {**score_any(predictions_of(pooled), classes), "seconds": sum(r["seconds"] for r in per_seed.values()),
             "folds": folds[seeds[0]], "machine": "; ".join(dict.fromkeys(r["machine"] for r in per_seed.values())),
             "seeds": seeds, **pooled,
-            "per_seed": {str(s): seed_summary(score(predictions_of(r), classes)) for s, r in per_seed.items()}}
+            "per_seed": {str(s): seed_summary(score_any(predictions_of(r), classes)) for s, r in per_seed.items()}}
 
 
 def seed_summary(scores: dict) -> dict:
-    return {"text_uf1": scores["text_native"]["uf1"], "head_uf1": scores["head_native"]["uf1"],
-            "au_f1_vs_labelled": scores["aus_vs_labelled"]["f1"]}
+    return {"text_uf1": scores["text_native"]["uf1"] if "text_native" in scores else None,
+            "head_uf1": scores["head_native"]["uf1"],
+            "au_f1_vs_labelled": scores["aus_vs_labelled"]["f1"] if "aus_vs_labelled" in scores else None}
 
 
 def pool(name: str, parts: list[dict], classes: list[str]) -> dict:
@@ -193,7 +205,7 @@ def pool(name: str, parts: list[dict], classes: list[str]) -> dict:
     predictions = predictions_of(pooled)
     if sorted({p["subject"] for p in predictions}) != sorted(folds):
         raise ValueError(f"{name}: the saved predictions' subjects do not match the parts' folds {sorted(folds)}")
-    return {**score(predictions, classes), "seconds": sum(part["seconds"] for part in parts),
+    return {**score_any(predictions, classes), "seconds": sum(part["seconds"] for part in parts),
             "folds": sorted(folds), "machine": "; ".join(dict.fromkeys(part["machine"] for part in parts)),
             **pooled}
 
@@ -220,8 +232,9 @@ def compare_to_first(results: dict, classes: list[str]) -> None:
             source: {**paired_uf1_difference(truth, [first[k][f"{source}_emotion"] for k in keys],
                                              [other[k][f"{source}_emotion"] for k in keys], classes,
                                              groups=groups), "seeds": seeds}
-            for source in ("text", "head")}
-        cells = [f"{d['difference']:+.3f} ({d['low']:+.3f} to {d['high']:+.3f})" for d in results[name]["vs_first"].values()]
+            for source in ("text", "head") if f"{source}_emotion" in other[keys[0]]}
+        cells = [f"{d['difference']:+.3f} ({d['low']:+.3f} to {d['high']:+.3f})" if (d := results[name]["vs_first"].get(s))
+                 else "-" for s in ("text", "head")]
         print(f"| {name} | {', '.join(map(str, seeds))} | " + " | ".join(cells) + " |")
 
 
@@ -262,7 +275,8 @@ def print_table(meta: dict, results: dict) -> None:
         print("\nEach seed alone:\n\n| model | seed | UF1 text | UF1 head | AU F1 vs labels |\n|---|---|---|---|---|")
         for name, scores in per_seed.items():
             for seed, r in scores.items():
-                print(f"| {name} | {seed} | {r['text_uf1']:.3f} | {r['head_uf1']:.3f} | {r['au_f1_vs_labelled']:.3f} |")
+                print(f"| {name} | {seed} | " + " | ".join("-" if r[k] is None else f"{r[k]:.3f}"
+                                                          for k in ("text_uf1", "head_uf1", "au_f1_vs_labelled")) + " |")
 
 
 if __name__ == "__main__":

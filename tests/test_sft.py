@@ -297,10 +297,12 @@ def test_bench_loso_script_runs_a_variant_and_the_ststnet_baseline(uni_mer, tmp_
 
 
 def _loso_part(tmp_path, folder, rows, name="DEFT", seed=0):
-    """A saved LOSO run (results.json + predictions.jsonl) from (subject, emotion, text emotion)."""
+    """A saved LOSO run (results.json + predictions.jsonl) from (subject, emotion, text emotion);
+    rows of (subject, emotion, head emotion) for the "STSTNet" baseline, which writes no text."""
     (tmp_path / folder).mkdir()
     predictions = [{"id": f"{s}/{e}", "subject": s, "emotion": e, "text_emotion": t, "head_emotion": e,
                     "labelled_aus": ["AU12"], "kept_aus": ["AU12"], "predicted_aus": ["AU12"]}
+                   if name != "STSTNet" else {"id": f"{s}/{e}", "subject": s, "emotion": e, "head_emotion": t}
                    for s, e, t in rows]
     (tmp_path / folder / "predictions.jsonl").write_text("\n".join(map(json.dumps, predictions)))
     meta = {"machine": folder, "clips": 4, "subjects": 2, "classes": ["happiness", "surprise"],
@@ -351,7 +353,10 @@ def test_bench_loso_merge_pools_seeds(tmp_path, monkeypatch):
     half = [_loso_part(tmp_path, f"seed1-{s}", [(c, e, "happiness") for c, e in clips if c == s], seed=1)
             for s in ("s1", "s2")]
     ablation = _loso_part(tmp_path, "abl", [(s, e, "surprise") for s, e in clips], name="ablation", seed=0)
-    bench_loso.merge([right, *half, ablation], tmp_path)
+    # The baseline: head only, right on every clip with seed 0, on the happiness clips with seed 1.
+    baseline = [_loso_part(tmp_path, f"st{seed}", [(s, e, e if seed == 0 else "happiness") for s, e in clips],
+                           name="STSTNet", seed=seed) for seed in (0, 1)]
+    bench_loso.merge([right, *half, ablation, *baseline], tmp_path)
     merged = json.loads((tmp_path / "results.json").read_text())
     deft = merged["results"]["DEFT"]
     assert merged["meta"]["seed"] == [0, 1] and deft["seeds"] == [0, 1]
@@ -363,5 +368,11 @@ def test_bench_loso_merge_pools_seeds(tmp_path, monkeypatch):
     # The ablation (seed 0 only) against DEFT's seed 0: 1.0 minus (0 + 2/3) / 2.
     vs = merged["results"]["ablation"]["vs_first"]["text"]
     assert vs["seeds"] == [0] and vs["difference"] == pytest.approx(1 - 1 / 3)
+    stst = merged["results"]["STSTNet"]
+    assert stst["head_native"]["confusion"] == [[4, 0], [2, 2]] and "text_native" not in stst
+    assert stst["per_seed"]["1"] == {"text_uf1": None, "head_uf1": pytest.approx(1 / 3), "au_f1_vs_labelled": None}
+    # Paired on both seeds: DEFT's head is right on all 8 rows, the baseline's UF1 is (4/5 + 2/3) / 2.
+    assert list(stst["vs_first"]) == ["head"] and stst["vs_first"]["head"]["seeds"] == [0, 1]
+    assert stst["vs_first"]["head"]["difference"] == pytest.approx(1 - (4 / 5 + 2 / 3) / 2)
     with pytest.raises(ValueError, match="DEFT: every seed must cover the same folds"):
         bench_loso.merge([right, half[0]], tmp_path)
