@@ -159,8 +159,8 @@ def merge(paths: list[str], out: Path) -> None:
 
 
 def predictions_of(result: dict) -> list[dict]:
-    """The saved predictions behind a result row (none for the STSTNet baseline), each with the
-    training seed that made it."""
+    """The saved predictions behind a result row (none for a run that saved none, e.g. STSTNet
+    before it saved its own), each with the training seed that made it."""
     predictions = []
     folders = result.get("report_dirs", [result["report_dir"]] if "report_dir" in result else [])
     for folder, seed in zip(folders, result.get("report_seeds", [result.get("seed", 0)] * len(folders))):
@@ -175,6 +175,9 @@ def pool_seeds(name: str, parts: list[dict], classes: list[str]) -> dict:
     per_seed = {seed: pool(name, [p for p in parts if p["seed"] == seed], classes) for seed in seeds}
     if len(seeds) == 1:
         return per_seed[seeds[0]]
+    if missing := [seed for seed, r in per_seed.items() if "report_dirs" not in r]:
+        raise ValueError(f"{name}: seed {', '.join(map(str, missing))} saved no predictions, so its seeds "
+                         "cannot be pooled; rerun it")
     folds = {seed: sorted(r.get("folds") or []) for seed, r in per_seed.items()}
     if len({json.dumps(f) for f in folds.values()}) > 1:
         raise ValueError(f"{name}: every seed must cover the same folds to be pooled, got {folds}")

@@ -376,3 +376,8 @@ def test_bench_loso_merge_pools_seeds(tmp_path, monkeypatch):
     assert stst["vs_first"]["head"]["difference"] == pytest.approx(1 - (4 / 5 + 2 / 3) / 2)
     with pytest.raises(ValueError, match="DEFT: every seed must cover the same folds"):
         bench_loso.merge([right, half[0]], tmp_path)
+    old = json.loads(Path(baseline[0]).read_text())  # a run saved before STSTNet saved its predictions
+    del old["results"]["STSTNet"]["report_dir"]
+    Path(baseline[0]).write_text(json.dumps(old))
+    with pytest.raises(ValueError, match="STSTNet: seed 0 saved no predictions, so its seeds cannot be pooled"):
+        bench_loso.merge([right, *baseline], tmp_path)
