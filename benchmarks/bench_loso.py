@@ -5,7 +5,9 @@
 Builds a SynthMER Uni-MER (or reuses --dataset), then for every variant trains one model per
 left-out subject with configs/sft_synth_tiny.yaml (same folds, seeds and schedule), pools the
 predictions and scores them. Clip tensors (decode + optical flow) are computed once and shared
-by all variants. Prints a markdown table and writes results.json under --out.
+by all variants. Prints a markdown table and writes results.json under --out. Runs made apart
+(per variant, per --fold-subjects part, per --seed) are pooled with --merge, which also pairs each
+row with the first (bootstrap over clips, each with all its seeds).
 """
 
 import argparse
@@ -60,8 +62,8 @@ def main():
     parser.add_argument("--baseline-epochs", type=int, default=100)
     parser.add_argument("--label", default="", help="appended to each result's name, e.g. '20 epochs'")
     parser.add_argument("--merge", nargs="+", metavar="RESULTS_JSON",
-                        help="only merge the results.json of separate runs (e.g. one per variant, run "
-                             "in parallel) into one table and --out/results.json")
+                        help="only merge the results.json of separate runs (one per variant, fold part "
+                             "or --seed, run in parallel) into one table and --out/results.json")
     parser.add_argument("--sft", nargs=argparse.REMAINDER, default=[], help="extra sft flags")
     cli = parser.parse_args()
     out = Path(cli.out)
