@@ -22,7 +22,7 @@ import datasets
 from deft_llm import facs
 from deft_llm.baselines import ststnet_loso
 from deft_llm.evaluate import EvalArguments, run_loso, score
-from deft_llm.metrics import classification_metrics, paired_uf1_difference
+from deft_llm.metrics import paired_uf1_difference
 from deft_llm.sft import DeftDataCollator, build_model_and_processor, parse_args
 
 RECIPE = Path(__file__).resolve().parent.parent / "configs" / "sft_synth_tiny.yaml"
@@ -39,12 +39,6 @@ def build_dataset(out: Path, clips: int, subjects: int, seed: int) -> Path:
     folder = out / "uni-mer"
     build_uni_mer(SynthMER(SynthConfig(n_subjects=subjects, seed=seed), clips).records(), folder)
     return folder
-
-
-def composite(rows_truth, rows_pred):
-    pairs = [(facs.composite_class(t), facs.composite_class(p) if p else None)
-             for t, p in zip(rows_truth, rows_pred) if facs.composite_class(t)]
-    return classification_metrics([t for t, _ in pairs], [p for _, p in pairs], facs.COMPOSITE_CLASSES)
 
 
 def main():
@@ -111,16 +105,8 @@ def baseline(rows, dataset_path, classes, cache, cli, report_dir: Path) -> dict:
     seconds = round(time.perf_counter() - t0, 1)
     report_dir.mkdir(parents=True, exist_ok=True)
     (report_dir / "predictions.jsonl").write_text("".join(json.dumps(p) + "\n" for p in predictions))
-    return {**score_any(predictions, classes), "seconds": seconds, "folds": sorted({p["subject"] for p in predictions}),
+    return {**score(predictions, classes), "seconds": seconds, "folds": sorted({p["subject"] for p in predictions}),
             "report_dir": str(report_dir.resolve())}
-
-
-def score_any(predictions: list[dict], classes: list[str]) -> dict:
-    """``evaluate.score`` for the DEFT variants; the head's scores alone for the baseline (no text)."""
-    if all("text_emotion" in p for p in predictions):
-        return score(predictions, classes)
-    truth, predicted = [p["emotion"] for p in predictions], [p["head_emotion"] for p in predictions]
-    return {"head_native": classification_metrics(truth, predicted, classes), "head_composite": composite(truth, predicted)}
 
 
 def machine() -> str:
@@ -185,10 +171,10 @@ def pool_seeds(name: str, parts: list[dict], classes: list[str]) -> dict:
         raise ValueError(f"{name}: every seed must cover the same folds to be pooled, got {folds}")
     pooled = {"report_dirs": [d for r in per_seed.values() for d in r["report_dirs"]],
               "report_seeds": [s for s, r in per_seed.items() for _ in r["report_dirs"]]}
-    return {**score_any(predictions_of(pooled), classes), "seconds": sum(r["seconds"] for r in per_seed.values()),
+    return {**score(predictions_of(pooled), classes), "seconds": sum(r["seconds"] for r in per_seed.values()),
             "folds": folds[seeds[0]], "machine": "; ".join(dict.fromkeys(r["machine"] for r in per_seed.values())),
             "seeds": seeds, **pooled,
-            "per_seed": {str(s): seed_summary(score_any(predictions_of(r), classes)) for s, r in per_seed.items()}}
+            "per_seed": {str(s): seed_summary(score(predictions_of(r), classes)) for s, r in per_seed.items()}}
 
 
 def seed_summary(scores: dict) -> dict:
@@ -210,7 +196,7 @@ def pool(name: str, parts: list[dict], classes: list[str]) -> dict:
     predictions = predictions_of(pooled)
     if sorted({p["subject"] for p in predictions}) != sorted(folds):
         raise ValueError(f"{name}: the saved predictions' subjects do not match the parts' folds {sorted(folds)}")
-    return {**score_any(predictions, classes), "seconds": sum(part["seconds"] for part in parts),
+    return {**score(predictions, classes), "seconds": sum(part["seconds"] for part in parts),
             "folds": sorted(folds), "machine": "; ".join(dict.fromkeys(part["machine"] for part in parts)),
             **pooled}
 

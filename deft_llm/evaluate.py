@@ -99,10 +99,13 @@ def predict(model, processor, rows, collator, batch_size: int = 16, max_new_toke
 
 
 def score(predictions: list[dict], classes: list[str]) -> dict:
-    """Pooled metrics: native and composite classes, text and head emotions, AU sets."""
+    """Pooled metrics: native and composite classes, text and head emotions, AU sets; each only
+    where the predictions carry it (a flow-only baseline has a head and no text)."""
     truth = [p["emotion"] for p in predictions]
     report = {}
     for source in ("text", "head"):
+        if not all(f"{source}_emotion" in p for p in predictions):
+            continue
         predicted = [p[f"{source}_emotion"] for p in predictions]
         report[f"{source}_native"] = classification_metrics(truth, predicted, classes)
         composite = [(facs.composite_class(t), facs.composite_class(p) if p else None)
@@ -110,9 +113,10 @@ def score(predictions: list[dict], classes: list[str]) -> dict:
         if composite:
             report[f"{source}_composite"] = classification_metrics(
                 [t for t, _ in composite], [p for _, p in composite], facs.COMPOSITE_CLASSES)
-    predicted_aus = [p["predicted_aus"] for p in predictions]
-    report["aus_vs_labelled"] = au_metrics([p["labelled_aus"] for p in predictions], predicted_aus)
-    report["aus_vs_uni_mer_targets"] = au_metrics([p["kept_aus"] for p in predictions], predicted_aus)
+    if all("predicted_aus" in p for p in predictions):
+        predicted_aus = [p["predicted_aus"] for p in predictions]
+        report["aus_vs_labelled"] = au_metrics([p["labelled_aus"] for p in predictions], predicted_aus)
+        report["aus_vs_uni_mer_targets"] = au_metrics([p["kept_aus"] for p in predictions], predicted_aus)
     if all("head_aus" in p for p in predictions):  # the AU head (p > 0.5), not the explanation
         report["au_head_vs_labelled"] = au_metrics([p["labelled_aus"] for p in predictions],
                                                    [_au_numbers(p["head_aus"]) for p in predictions])
