@@ -4,10 +4,13 @@
 
 Builds a SynthMER Uni-MER (or reuses --dataset), then for every variant trains one model per
 left-out subject with configs/sft_synth_tiny.yaml (same folds, seeds and schedule), pools the
-predictions and scores them. Clip tensors (decode + optical flow) are computed once and shared
-by all variants. Prints a markdown table and writes results.json under --out. Runs made apart
-(per variant, per --fold-subjects part, per --seed) are pooled with --merge, which also pairs each
-row with the first (bootstrap over clips, each with all its seeds).
+predictions and scores them: the answers AU-grounded (the evidence names every AU the AU head
+found) and, in the same run, free (``--free``: free only). Clip tensors (decode + optical flow)
+are computed once and shared by all variants; ``--reuse-folds`` predicts again with the fold
+models an earlier run saved under --out, without training. Prints a markdown table and writes
+results.json under --out. Runs made apart (per variant, per --fold-subjects part, per --seed)
+are pooled with --merge, which also pairs each row with the first (bootstrap over clips, each
+with all its seeds).
 """
 
 import argparse
@@ -58,6 +61,9 @@ def main():
     parser.add_argument("--merge", nargs="+", metavar="RESULTS_JSON",
                         help="only merge the results.json of separate runs (one per variant, fold part "
                              "or --seed, run in parallel) into one table and --out/results.json")
+    parser.add_argument("--free", action="store_true", help="free answers only (no AU-grounded decoding)")
+    parser.add_argument("--reuse-folds", action="store_true", help="predict with each fold's model saved "
+                        "under --out by an earlier run instead of training it again")
     parser.add_argument("--sft", nargs=argparse.REMAINDER, default=[], help="extra sft flags")
     cli = parser.parse_args()
     out = Path(cli.out)
@@ -77,7 +83,8 @@ def main():
             argv += ["--experts", *experts]
         args, training, model_args = parse_args(argv)[:3]
         report_dir = (out / name.split(" (")[0].replace(" ", "-")).resolve()
-        eval_args = EvalArguments(report_dir=str(report_dir), folds=cli.folds, subjects=cli.fold_subjects)
+        eval_args = EvalArguments(report_dir=str(report_dir), folds=cli.folds, subjects=cli.fold_subjects,
+                                  au_grounded=not cli.free, reuse_folds=cli.reuse_folds)
         t0 = time.perf_counter()
         report = run_loso(args, training, model_args, eval_args, cache=cache)
         results[f"{name}, {cli.label}" if cli.label else name] = {
@@ -178,9 +185,13 @@ def pool_seeds(name: str, parts: list[dict], classes: list[str]) -> dict:
 
 
 def seed_summary(scores: dict) -> dict:
-    return {"text_uf1": scores["text_native"]["uf1"] if "text_native" in scores else None,
-            "head_uf1": scores["head_native"]["uf1"],
-            "au_f1_vs_labelled": scores["aus_vs_labelled"]["f1"] if "aus_vs_labelled" in scores else None}
+    def value(key, field):
+        return scores[key][field] if key in scores else None
+
+    return {"text_uf1": value("text_native", "uf1"), "head_uf1": value("head_native", "uf1"),
+            "au_f1_vs_labelled": value("aus_vs_labelled", "f1"),
+            "free_text_uf1": value("free_text_native", "uf1"),
+            "free_text_au_f1_vs_labelled": value("free_text_aus_vs_labelled", "f1")}
 
 
 def pool(name: str, parts: list[dict], classes: list[str]) -> dict:
@@ -246,9 +257,9 @@ def print_table(meta: dict, results: dict) -> None:
     mixed = any("machine" in r for r in results.values())  # merged runs: name each row's machine
     several = len(seeds) > 1  # merged seeds: name each row's seeds
     print("| model |" + (" seeds |" if several else "") + " UF1 text | UAR text | UF1 head | UAR head | acc. head | "
-          "UF1 3-class head | UF1 3-class text | AU F1 vs labels | AU F1 vs Uni-MER targets | AU F1, AU head | time (s) |"
-          + (" machine |" if mixed else ""))
-    print("|---|" + ("---|" if several else "") + "---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if mixed else ""))
+          "UF1 3-class head | UF1 3-class text | AU F1 vs labels | AU F1 vs Uni-MER targets | AU F1, AU head | "
+          "UF1 free text | AU F1 vs labels, free text | time (s) |" + (" machine |" if mixed else ""))
+    print("|---|" + ("---|" if several else "") + "---|" * 13 + ("---|" if mixed else ""))
 
     def cell(r, key, field="uf1"):
         return f"{r[key][field]:.3f}" if key in r else "-"
@@ -259,15 +270,17 @@ def print_table(meta: dict, results: dict) -> None:
             cell(r, "head_native", "uar"), cell(r, "head_native", "accuracy"),
             cell(r, "head_composite"), cell(r, "text_composite"),
             cell(r, "aus_vs_labelled", "f1"), cell(r, "aus_vs_uni_mer_targets", "f1"),
-            cell(r, "au_head_vs_labelled", "f1"), f"{r['seconds']:.0f}"] + ([r.get("machine", "")] if mixed else [])
+            cell(r, "au_head_vs_labelled", "f1"), cell(r, "free_text_native"),
+            cell(r, "free_text_aus_vs_labelled", "f1"), f"{r['seconds']:.0f}"] + ([r.get("machine", "")] if mixed else [])
         print(f"| {name} | " + " | ".join(cells) + " |")
     per_seed = {name: r["per_seed"] for name, r in results.items() if "per_seed" in r}
     if per_seed:
-        print("\nEach seed alone:\n\n| model | seed | UF1 text | UF1 head | AU F1 vs labels |\n|---|---|---|---|---|")
+        keys = ("text_uf1", "head_uf1", "au_f1_vs_labelled", "free_text_uf1", "free_text_au_f1_vs_labelled")
+        print("\nEach seed alone:\n\n| model | seed | UF1 text | UF1 head | AU F1 vs labels | UF1 free text | "
+              "AU F1 vs labels, free text |\n|---|---|---|---|---|---|---|")
         for name, scores in per_seed.items():
             for seed, r in scores.items():
-                print(f"| {name} | {seed} | " + " | ".join("-" if r[k] is None else f"{r[k]:.3f}"
-                                                          for k in ("text_uf1", "head_uf1", "au_f1_vs_labelled")) + " |")
+                print(f"| {name} | {seed} | " + " | ".join("-" if r.get(k) is None else f"{r[k]:.3f}" for k in keys) + " |")
 
 
 if __name__ == "__main__":

@@ -177,7 +177,7 @@ class DemoResult:
     motion_image: np.ndarray             # RGB picture: flow, strain, regions
     details: str                         # markdown: frames, face, noise floor, timings, notes
     timings: dict[str, float] = field(default_factory=dict)   # seconds per STAGES entry
-    new_tokens: int = 0                  # tokens generated
+    new_tokens: int = 0                  # the answer's length in tokens
     analysis: object = None              # the processor's ClipAnalysis
 
 
@@ -265,10 +265,10 @@ class DeftDemo:
         self.max_frames = int(max_frames)
         self.id2label = {int(k): v for k, v in self.model.config.id2label.items()}
         self.au_labels = list(getattr(self.model.config, "au_labels", []) or [])
-        prompt = self.processor.apply_chat_template(
+        self.prompt = self.processor.apply_chat_template(
             [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": PROMPT}]}],
             tokenize=False, add_generation_prompt=True)
-        self.prompt_ids = self.processor.tokenizer(self.processor.expand_placeholders(prompt),
+        self.prompt_ids = self.processor.tokenizer(self.processor.expand_placeholders(self.prompt),
                                                    return_tensors="pt")
         self._lock = threading.Lock()
         self._torch = torch
@@ -330,15 +330,23 @@ class DeftDemo:
             aus = dict(zip(self.au_labels, out.au_logits.float().sigmoid()[0].tolist()))
         return emotions, aus
 
-    def generate(self, inputs: dict) -> tuple[dict, int]:
-        """The generated answer, parsed (``{emotion, aus, text}``), and its length in tokens."""
-        tokenizer = self.processor.tokenizer
+    def generate(self, analysis, au_probabilities: dict[str, float]) -> tuple[dict, int]:
+        """The answer, parsed (``{emotion, aus, text}``), and its length in tokens.
+
+        AU-grounded, as in the LOSO results (:func:`evaluate.ground_answers`): the evidence
+        names every AU the AU head gives p > 0.5, so the explanation and the AU column agree.
+        """
+        from .evaluate import generate_answers, ground_answers
+
+        clip = {"structure_pixels": analysis.structure, "texture_pixels": analysis.texture,
+                "motion_map": analysis.motion}
+        required = {au for au, p in au_probabilities.items() if p > 0.5}
         with self._threads(), self._torch.inference_mode():
-            ids = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False,
-                                      pad_token_id=tokenizer.pad_token_id,
-                                      eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"))
-        prompt_length = inputs["input_ids"].shape[1]
-        return self.processor.post_process(ids, inputs["input_ids"])[0], ids.shape[1] - prompt_length
+            free = generate_answers(self.model, self.processor, [self.prompt], [clip], self.max_new_tokens,
+                                    stop_strings=())
+            answer = ground_answers(self.model, self.processor, [self.prompt], [clip], free, [required],
+                                    self.max_new_tokens, stop_strings=())[0]
+        return facs.parse_answer(answer.strip()), len(self.processor.tokenizer(answer)["input_ids"])
 
     # -- one clip ------------------------------------------------------------------------------
     def run(self, path, onset=None, apex=None, face: str = "detect", progress=None) -> DemoResult:
@@ -367,7 +375,7 @@ class DeftDemo:
 
             step(0.55, desc="writing the explanation")
             start = time.perf_counter()
-            parsed, new_tokens = self.generate(inputs)
+            parsed, new_tokens = self.generate(analysis, au_probabilities)
             timings["generation"] = time.perf_counter() - start
 
             step(0.9, desc="drawing the motion")
@@ -413,7 +421,7 @@ def describe(analysis, emotion: str, parsed: dict, timings: dict, notes: list[st
         f"**flow**: {analysis.flow_method}, noise floor {analysis.measurement.noise_floor:.3f} px "
         f"at {analysis.measurement.flow.shape[0]} px",
         "**Time**: " + " · ".join(f"{k} {timings[k]:.2f} s" for k in STAGES if k in timings)
-        + f" · total {sum(timings.values()):.2f} s ({new_tokens} tokens generated)",
+        + f" · total {sum(timings.values()):.2f} s (answer: {new_tokens} tokens)",
     ]
     text_emotion = parsed.get("emotion")
     if text_emotion is None:

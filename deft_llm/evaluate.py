@@ -8,7 +8,9 @@ generate answers for the left-out subject's clips. All folds' predictions are po
 confusion matrix (the field's protocol), scored as UF1 / UAR / accuracy on the native classes
 and on the MEGC composite 3 classes, for the emotion parsed from the generated text and for
 the emotion head. AUs parsed from the generated evidence are scored against the labelled AUs
-and against the Uni-MER targets (labelled AND seen moving). Writes ``report.json`` and
+and against the Uni-MER targets (labelled AND seen moving). Answers are AU-grounded by default
+(the evidence names every AU the AU head found; ``--au_grounded false`` turns it off), and the
+free answers of the same models are scored alongside. Writes ``report.json`` and
 confusion-matrix PNGs.
 """
 
@@ -41,6 +43,12 @@ class EvalArguments:
                 "pool the predictions.jsonl files with `score`)"})
     eval_batch_size: int = field(default=16, metadata={"help": "clips per generate call"})
     max_new_tokens: int = field(default=160, metadata={"help": "answer length cap"})
+    au_grounded: bool = field(default=True, metadata={
+        "help": "AU-grounded answers: the motion evidence names every AU the AU head found (the "
+                "free answers are scored too, as free_text_*)"})
+    reuse_folds: bool = field(default=False, metadata={
+        "help": "predict with a fold's saved <report_dir>/fold-<subject>/final model instead of "
+                "training it again (to re-score a LOSO run, e.g. with other decoding)"})
 
 
 def _au_numbers(names) -> list[str]:
@@ -53,57 +61,111 @@ def _au_numbers(names) -> list[str]:
     return out
 
 
+def _batch_inputs(model, processor, texts: list[str], clips: list[dict]) -> dict:
+    encoded = processor.tokenizer([processor.expand_placeholders(t) for t in texts], padding=True,
+                                  padding_side="left", return_tensors="pt")
+    inputs = {**encoded, **{k: torch.from_numpy(np.stack([c[k] for c in clips])) for k in clips[0]}}
+    return {k: v.to(model.device) for k, v in inputs.items()}
+
+
+def generate_answers(model, processor, texts: list[str], clips: list[dict], max_new_tokens: int,
+                     stop_strings: tuple[str, ...] = ("Reason:",)) -> list[str]:
+    """Greedy answers, each going on from its text (a prompt, or a prompt and a started answer);
+    ``clips``: each text's expert tensors (numpy, as the collator's ``clip_tensors`` gives them).
+
+    Evaluation stops at "Reason:": the reason only restates the evidence line, and scoring reads
+    the evidence and emotion lines alone. ``stop_strings=()`` writes the whole answer (the demo).
+    """
+    tokenizer = processor.tokenizer
+    inputs = _batch_inputs(model, processor, texts, clips)
+    generated = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                               stop_strings=list(stop_strings) or None, tokenizer=tokenizer,
+                               pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    return processor.batch_decode(generated[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def ground_answers(model, processor, prompts: list[str], clips: list[dict], answers: list[str],
+                   required_aus: list[set[str]], max_new_tokens: int,
+                   stop_strings: tuple[str, ...] = ("Reason:",)) -> list[str]:
+    """AU-grounded answers: the evidence names every AU of ``required_aus`` (the AU head's
+    ``p > 0.5``), where the model left one out.
+
+    The small LLM tends to stop its AU list early: it names fewer AUs than the AU head, which
+    reads the same motion tokens, detects. Where an answer's evidence leaves out a required AU,
+    it is cut at the point that AU belongs (:func:`facs.resume_with_missing_au`), that AU's entry
+    is opened, and the model writes on from there: the entry's region, direction and size, the
+    entries after it and the emotion are the model's own. One AU per round, for the answers
+    that still need one.
+    """
+    answers = list(answers)
+    for _ in range(len(model.config.au_labels)):
+        resumed = {i: facs.resume_with_missing_au(answer, required)
+                   for i, (answer, required) in enumerate(zip(answers, required_aus))}
+        resumed = {i: text for i, text in resumed.items() if text is not None}
+        if not resumed:
+            break
+        rows = list(resumed)
+        more = generate_answers(model, processor, [prompts[i] + resumed[i] for i in rows],
+                                [clips[i] for i in rows], max_new_tokens, stop_strings)
+        for i, text in zip(rows, more):
+            answers[i] = resumed[i] + text
+    return answers
+
+
 @torch.no_grad()
 def predict(model, processor, rows, collator, batch_size: int = 16, max_new_tokens: int = 160,
-            desc: str = "predict") -> list[dict]:
-    """Generate an answer for each row (its own user prompt); parse it; read the emotion head."""
+            desc: str = "predict", au_grounded: bool = True) -> list[dict]:
+    """Generate an answer for each row (its own user prompt); parse it; read the emotion head.
+
+    ``au_grounded``: the evidence names every AU the AU head found (:func:`ground_answers`);
+    each prediction keeps the free (unguided) answer's emotion and AUs too, so both get scored."""
     from .sft import row_emotion
 
     model.eval()
     id2label = model.config.id2label
-    tokenizer = processor.tokenizer
-    tokenizer.padding_side = "left"
     predictions = []
     for start in tqdm(range(0, len(rows), batch_size), desc=desc, leave=False):
         batch = [rows[i] for i in range(start, min(start + batch_size, len(rows)))]
         prompts = [processor.apply_chat_template(row["messages"][:1], tokenize=False,
                                                  add_generation_prompt=True) for row in batch]
-        encoded = tokenizer([processor.expand_placeholders(p) for p in prompts], padding=True,
-                            return_tensors="pt")
         clips = [collator.clip_tensors(row) for row in batch]
-        inputs = {**encoded, **{k: torch.from_numpy(np.stack([c[k] for c in clips])) for k in clips[0]}}
-        inputs = {k: v.to(model.device) for k, v in inputs.items()}
-        outputs = model(**inputs)
+        outputs = model(**_batch_inputs(model, processor, prompts, clips))
         head = outputs.emotion_logits.float().softmax(-1).cpu()
         # A model without the motion expert has no AU head: its rows get no "head_aus", so the
         # report leaves the AU head out instead of scoring it 0.
-        au_probs = (outputs.au_logits.float().sigmoid().cpu() if outputs.au_logits is not None
-                    else [None] * len(batch))
-        generated = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                   stop_strings=["Reason:"], tokenizer=tokenizer)
-        parsed = processor.post_process(generated, inputs["input_ids"])
-        for row, answer, probs, aus in zip(batch, parsed, head, au_probs):
+        head_aus = ([[au for au, q in zip(model.config.au_labels, probs) if q > 0.5]
+                     for probs in outputs.au_logits.float().sigmoid().tolist()]
+                    if outputs.au_logits is not None else None)
+        free = generate_answers(model, processor, prompts, clips, max_new_tokens)
+        answers = (ground_answers(model, processor, prompts, clips, free, [set(a) for a in head_aus], max_new_tokens)
+                   if au_grounded and head_aus is not None else free)
+        for k, (row, answer, probs) in enumerate(zip(batch, answers, head)):
+            parsed = facs.parse_answer(answer.strip())
             prediction = {
                 "id": row["id"], "subject": row["subject"],
                 "emotion": row_emotion(row, collator.label_set),
-                "text_emotion": answer["emotion"], "head_emotion": id2label[int(probs.argmax())],
+                "text_emotion": parsed["emotion"], "head_emotion": id2label[int(probs.argmax())],
                 "head_probs": {id2label[i]: round(float(p), 4) for i, p in enumerate(probs)},
                 "labelled_aus": _au_numbers(row["labelled_aus"]),
                 "kept_aus": _au_numbers(row["kept_aus"]),
-                "predicted_aus": answer["aus"], "text": answer["text"],
+                "predicted_aus": parsed["aus"], "text": parsed["text"],
             }
-            if aus is not None:
-                prediction["head_aus"] = [au for au, q in zip(model.config.au_labels, aus.tolist()) if q > 0.5]
+            if au_grounded:
+                unguided = facs.parse_answer(free[k].strip())
+                prediction["free_text_emotion"], prediction["free_text_aus"] = unguided["emotion"], unguided["aus"]
+            if head_aus is not None:
+                prediction["head_aus"] = head_aus[k]
             predictions.append(prediction)
     return predictions
 
 
 def score(predictions: list[dict], classes: list[str]) -> dict:
-    """Pooled metrics: native and composite classes, text and head emotions, AU sets; each only
-    where the predictions carry it (a flow-only baseline has a head and no text)."""
+    """Pooled metrics: native and composite classes, AU sets; for the answer text, the free
+    (unguided) text of an AU-grounded run, and the heads; each only where the predictions carry
+    it (a flow-only baseline has a head and no text)."""
     truth = [p["emotion"] for p in predictions]
     report = {}
-    for source in ("text", "head"):
+    for source in ("text", "free_text", "head"):
         if not all(f"{source}_emotion" in p for p in predictions):
             continue
         predicted = [p[f"{source}_emotion"] for p in predictions]
@@ -117,6 +179,9 @@ def score(predictions: list[dict], classes: list[str]) -> dict:
         predicted_aus = [p["predicted_aus"] for p in predictions]
         report["aus_vs_labelled"] = au_metrics([p["labelled_aus"] for p in predictions], predicted_aus)
         report["aus_vs_uni_mer_targets"] = au_metrics([p["kept_aus"] for p in predictions], predicted_aus)
+    if all("free_text_aus" in p for p in predictions):
+        report["free_text_aus_vs_labelled"] = au_metrics([p["labelled_aus"] for p in predictions],
+                                                         [p["free_text_aus"] for p in predictions])
     if all("head_aus" in p for p in predictions):  # the AU head (p > 0.5), not the explanation
         report["au_head_vs_labelled"] = au_metrics([p["labelled_aus"] for p in predictions],
                                                    [_au_numbers(p["head_aus"]) for p in predictions])
@@ -148,9 +213,14 @@ def run_loso(args, training_args, model_args, eval_args: EvalArguments, cache: d
         fold_args.train_subjects, fold_args.exclude_subjects = train_subjects, [test_subject]
         fold_training = copy.deepcopy(training_args)
         fold_training.output_dir = str(report_dir / f"fold-{test_subject}")
-        final = train(fold_args, fold_training, model_args, cache=cache)
+        final = Path(fold_training.output_dir) / "final"
+        if not (eval_args.reuse_folds and (final / "model.safetensors").is_file()):
+            final = train(fold_args, fold_training, model_args, cache=cache)
         trained_on = json.loads((final / "training_args.json").read_text())
         assert test_subject in trained_on["excluded_subjects"], "left-out subject reached training"
+        if args.experts and set(trained_on["experts"]) != set(args.experts):
+            raise ValueError(f"{final}: trained with experts {trained_on['experts']}, not {args.experts}; "
+                             "reuse only a run's own folds")
 
         model = DeftForConditionalGeneration.from_pretrained(final)
         processor = DeftProcessor.from_pretrained(final)
@@ -160,7 +230,8 @@ def run_loso(args, training_args, model_args, eval_args: EvalArguments, cache: d
         test_rows = dataset.filter(lambda s: s == test_subject, input_columns="subject")
         collator = DeftDataCollator(processor, model.config, args.flow_method, cache, args.label_set)
         predictions += predict(model, processor, test_rows, collator, eval_args.eval_batch_size,
-                               eval_args.max_new_tokens, desc=f"fold {test_subject}")
+                               eval_args.max_new_tokens, desc=f"fold {test_subject}",
+                               au_grounded=eval_args.au_grounded)
         timings[test_subject] = round(time.perf_counter() - start, 1)
 
     report = {
@@ -169,7 +240,8 @@ def run_loso(args, training_args, model_args, eval_args: EvalArguments, cache: d
                     "before prediction)",
         "dataset": args.dataset_name, "label_set": args.label_set,
         "experts": args.experts or ["structure", "texture", "motion"],
-        "folds": [s for s, _ in folds], "seed": training_args.seed, "seconds_per_fold": timings,
+        "folds": [s for s, _ in folds], "seed": training_args.seed, "au_grounded": eval_args.au_grounded,
+        "seconds_per_fold": timings,
         "metrics": score(predictions, classes),
     }
     (report_dir / "report.json").write_text(json.dumps(report, indent=2))
@@ -199,7 +271,8 @@ def main(argv=None) -> int:
     print(json.dumps({k: {"uf1": v["uf1"], "uar": v["uar"], "accuracy": v["accuracy"]}
                       for k, v in m.items() if "uf1" in v}, indent=2))
     print(json.dumps({k: {"precision": m[k]["precision"], "recall": m[k]["recall"], "f1": m[k]["f1"]}
-                      for k in ("aus_vs_labelled", "aus_vs_uni_mer_targets")}, indent=2))
+                      for k in ("aus_vs_labelled", "aus_vs_uni_mer_targets", "free_text_aus_vs_labelled")
+                      if k in m}, indent=2))
     return 0
 
 

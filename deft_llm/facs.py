@@ -276,6 +276,33 @@ def evidence_mentions(text: str) -> list[tuple[str, int]]:
     return [(f"AU{int(m.group(1))}", start + m.start(1)) for m in _AU_NAME.finditer(evidence.group(1))]
 
 
+_ENTRY = re.compile(r"\bAU(\d{1,2}) \(")
+
+
+def resume_with_missing_au(text: str, required: set[str]) -> str | None:
+    """``text`` cut where its evidence first leaves out an AU of ``required``, with that AU's
+    entry opened (``"...; AU12 ("``), for the model to go on writing; None when nothing is left
+    out, or the evidence line is unfinished.
+
+    Entries come in AU order (Uni-MER sorts them), so the lowest missing AU belongs just before
+    the first entry numbered above it, or else at the end of the list.
+    """
+    line = _EVIDENCE_LINE.search(text)
+    if not line or not line.group(1).rstrip().endswith("."):
+        return None
+    entries = list(_ENTRY.finditer(text, line.start(1), line.end(1)))
+    missing = required - {f"AU{int(m.group(1))}" for m in entries}
+    if not missing:
+        return None
+    au = min(missing, key=lambda name: int(name.removeprefix("AU")))
+    later = [m for m in entries if int(m.group(1)) > int(au.removeprefix("AU"))]
+    if later:
+        return f"{text[:later[0].start()]}{au} ("
+    if entries:
+        return f"{text[:line.end(1)].rstrip().removesuffix('.')}; {au} ("
+    return f"{text[:line.start(1)]} {au} ("  # it said "no AU motion above the noise floor."
+
+
 def parse_answer(text: str) -> dict:
     """Read generated text back: ``{"emotion": str | None, "aus": ["AU6", ...], "text": text}``.
 

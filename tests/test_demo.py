@@ -92,6 +92,10 @@ def test_client_predicts_an_example_with_every_output(app, examples):
         assert au not in ("AU43", "AU45")
 
     assert isinstance(explanation, str) and explanation == direct.explanation
+    # AU-grounded: the explanation names every AU the AU head finds (the smile's AU12 at least).
+    _, au_probabilities = engine.heads(engine.model_inputs(direct.analysis))
+    found = {au for au, p in au_probabilities.items() if p > 0.5}
+    assert "AU12" in found and found <= set(direct.parsed["aus"]), explanation
     assert cv2.imread(apex_frame).shape == (256, 256, 3)
     picture = cv2.imread(motion)
     assert picture.ndim == 3 and picture.shape[1] > 2 * picture.shape[0]

@@ -239,6 +239,46 @@ def test_loso_smoke_two_folds_never_trains_on_the_test_subject(uni_mer, tmp_path
     assert "au_head_vs_labelled" in metrics
     assert all(set(p["head_aus"]) <= set(facs.AU_VOCAB) for p in predictions)
     assert (tmp_path / "confusion_head_native.png").read_bytes()[:4] == b"\x89PNG"
+    assert report["au_grounded"] and "free_text_native" in metrics and "free_text_aus_vs_labelled" in metrics
+
+    # Re-scoring the same run: the saved fold models predict again, nothing is trained.
+    weights = tmp_path / f"fold-{subjects[0]}" / "final" / "model.safetensors"
+    saved = weights.stat().st_mtime_ns
+    eval_args.reuse_folds = True
+    again = run_loso(args, training, model_args, eval_args)
+    assert weights.stat().st_mtime_ns == saved
+    assert again["metrics"]["head_native"] == metrics["head_native"]
+    args.experts = ["texture", "motion"]
+    with pytest.raises(ValueError, match=r"fold-.*final: trained with experts \['structure', 'texture', 'motion'\], "
+                                         r"not \['texture', 'motion'\]; reuse only a run's own folds"):
+        run_loso(args, training, model_args, eval_args)
+
+
+def test_au_grounded_answers_name_every_au_the_head_found(uni_mer):
+    """The bundled checkpoint, free and AU-grounded: the grounded evidence names each AU of the
+    head, and is the free answer up to where the first missing AU belongs."""
+    from deft_llm.demo import BUNDLED_CHECKPOINT
+    from deft_llm.evaluate import predict
+
+    model = DeftForConditionalGeneration.from_pretrained(BUNDLED_CHECKPOINT)
+    processor = DeftProcessor.from_pretrained(BUNDLED_CHECKPOINT)
+    rows = datasets.load_dataset(str(uni_mer), split="train")
+    collator = DeftDataCollator(processor, model.config)
+    free = predict(model, processor, rows, collator, batch_size=12, au_grounded=False)
+    grounded = predict(model, processor, rows, collator, batch_size=12)
+    assert "free_text_aus" not in free[0]
+    resumed = 0
+    for f, g in zip(free, grounded):
+        assert (g["free_text_emotion"], g["free_text_aus"]) == (f["text_emotion"], f["predicted_aus"])
+        assert g["head_aus"] == f["head_aus"] and g["head_probs"] == f["head_probs"]
+        assert set(g["head_aus"]) <= set(g["predicted_aus"]), g["text"]
+        cut = facs.resume_with_missing_au(f["text"], set(f["head_aus"]))
+        if cut is None:
+            assert g["text"] == f["text"]
+        else:
+            assert g["text"].startswith(cut)
+            resumed += 1
+    assert resumed >= 2  # on these clips the free answers leave out AUs the head found
 
 
 def test_label_sets_native_and_composite(uni_mer):
@@ -292,7 +332,9 @@ def test_bench_loso_script_runs_a_variant_and_the_ststnet_baseline(uni_mer, tmp_
     assert ststnet["head_native"]["n"] == len(ablation["folds"]) * 3
     # No motion expert, no AU head: its AU head column is empty, not a score of 0.
     assert "au_head_vs_labelled" not in ablation and "aus_vs_labelled" in ablation
-    assert re.search(r"\| without motion, smoke \|.* \| - \| [0-9]+ \|", run.stdout)
+    # ... and its free-text columns follow, from the same (ungrounded: no AU head) answers.
+    assert re.search(r"\| without motion, smoke \|.* \| - \| [0-9.]+ \| [0-9.]+ \| [0-9]+ \|", run.stdout)
+    assert ablation["free_text_native"] == ablation["text_native"]
     assert "| STSTNet (flow only) | - | - |" in run.stdout
 
 

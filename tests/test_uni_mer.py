@@ -110,6 +110,20 @@ def test_evidence_mentions_give_each_named_au_and_where_its_number_is():
     assert facs.evidence_mentions("Emotion: anger.") == []
 
 
+def test_resume_with_missing_au_cuts_where_the_lowest_missing_au_belongs():
+    evidence = ("Motion evidence: AU2 (left outer brow, up, 0.24 px); AU20 (left mouth corner, outward, 0.21 px)."
+                "\nEmotion: fear.")
+    resume = facs.resume_with_missing_au
+    assert resume(evidence, {"AU4", "AU12", "AU2"}) == "Motion evidence: AU2 (left outer brow, up, 0.24 px); AU4 ("
+    assert resume(evidence, {"AU25"}) == evidence.split(".\n")[0] + "; AU25 ("  # after the last entry
+    assert resume("Motion evidence: no AU motion above the noise floor.\nEmotion: others.", {"AU14"}) == \
+        "Motion evidence: AU14 ("
+    assert resume(evidence, {"AU2", "AU20"}) is None  # nothing left out
+    assert resume(evidence, set()) is None
+    assert resume("Motion evidence: AU2 (left outer brow, up, 0.24 px); AU", {"AU4"}) is None  # unfinished
+    assert resume("Emotion: fear.", {"AU4"}) is None
+
+
 def test_missing_apex_is_spotted():
     cfg = SynthConfig(fps=60, difficulty="easy")
     spec = ClipSpec(index=0, subject="sub03", clip="clip00000", emotion="surprise",
