@@ -412,7 +412,8 @@ def test_bench_loso_merge_pools_seeds(tmp_path, monkeypatch):
     assert vs["seeds"] == [0] and vs["difference"] == pytest.approx(1 - 1 / 3)
     stst = merged["results"]["STSTNet"]
     assert stst["head_native"]["confusion"] == [[4, 0], [2, 2]] and "text_native" not in stst
-    assert stst["per_seed"]["1"] == {"text_uf1": None, "head_uf1": pytest.approx(1 / 3), "au_f1_vs_labelled": None}
+    assert stst["per_seed"]["1"] == {"text_uf1": None, "head_uf1": pytest.approx(1 / 3), "au_f1_vs_labelled": None,
+                                     "free_text_uf1": None, "free_text_au_f1_vs_labelled": None}
     # Paired on both seeds: DEFT's head is right on all 8 rows, the baseline's UF1 is (4/5 + 2/3) / 2.
     assert list(stst["vs_first"]) == ["head"] and stst["vs_first"]["head"]["seeds"] == [0, 1]
     assert stst["vs_first"]["head"]["difference"] == pytest.approx(1 - (4 / 5 + 2 / 3) / 2)
