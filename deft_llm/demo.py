@@ -13,8 +13,9 @@ What one run does (each stage is timed and shown under "Details"):
    numbers the model sees and the AU evidence table reports;
 3. **experts + heads**: one forward pass gives the emotion head's class probabilities and the
    AU head's probabilities;
-4. **generation**: the language model writes the explanation (greedy), parsed with
-   ``processor.post_process``.
+4. **generation**: the language model writes the explanation (greedy), AU-grounded: where it
+   leaves out an AU the AU head finds, it writes on from where that AU belongs
+   (:func:`evaluate.ground_answers`), so the explanation and the AU column agree.
 
 Checkpoint, first match wins: ``--checkpoint`` / ``build_demo(checkpoint=...)``, the
 ``DEFT_CHECKPOINT`` environment variable, the SynthMER checkpoint bundled in the package
