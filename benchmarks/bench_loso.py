@@ -63,7 +63,8 @@ def main():
                              "or --seed, run in parallel) into one table and --out/results.json")
     parser.add_argument("--free", action="store_true", help="free answers only (no AU-grounded decoding)")
     parser.add_argument("--reuse-folds", action="store_true", help="predict with each fold's model saved "
-                        "under --out by an earlier run instead of training it again")
+                        "under --out by an earlier run instead of training it again (the time column is "
+                        "then prediction time)")
     parser.add_argument("--sft", nargs=argparse.REMAINDER, default=[], help="extra sft flags")
     cli = parser.parse_args()
     out = Path(cli.out)
@@ -89,7 +90,7 @@ def main():
         report = run_loso(args, training, model_args, eval_args, cache=cache)
         results[f"{name}, {cli.label}" if cli.label else name] = {
             **report["metrics"], "seconds": round(time.perf_counter() - t0, 1), "folds": report["folds"],
-            "report_dir": str(report_dir)}
+            "report_dir": str(report_dir), "au_grounded": not cli.free}
         print(name, json.dumps({k: round(v["uf1"], 3) for k, v in report["metrics"].items() if "uf1" in v}),
               flush=True)
 
@@ -166,6 +167,8 @@ def predictions_of(result: dict) -> list[dict]:
 
 def pool_seeds(name: str, parts: list[dict], classes: list[str]) -> dict:
     """One variant's runs: folds run apart are pooled per seed, then the seeds are pooled."""
+    if {part.get("au_grounded") for part in parts} >= {True, False}:
+        raise ValueError(f"{name}: cannot pool AU-grounded runs with --free ones")
     seeds = sorted({part["seed"] for part in parts})
     per_seed = {seed: pool(name, [p for p in parts if p["seed"] == seed], classes) for seed in seeds}
     if len(seeds) == 1:

@@ -48,7 +48,8 @@ class EvalArguments:
                 "free answers are scored too, as free_text_*)"})
     reuse_folds: bool = field(default=False, metadata={
         "help": "predict with a fold's saved <report_dir>/fold-<subject>/final model instead of "
-                "training it again (to re-score a LOSO run, e.g. with other decoding)"})
+                "training it again (to re-score a LOSO run, e.g. with other decoding); it must "
+                "match this command's data, seed, experts and schedule. Folds without one are trained"})
 
 
 def _au_numbers(names) -> list[str]:
@@ -80,7 +81,8 @@ def generate_answers(model, processor, texts: list[str], clips: list[dict], max_
     inputs = _batch_inputs(model, processor, texts, clips)
     generated = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
                                stop_strings=list(stop_strings) or None, tokenizer=tokenizer,
-                               pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+                               pad_token_id=tokenizer.pad_token_id,
+                               eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"))  # end of turn
     return processor.batch_decode(generated[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
@@ -118,7 +120,8 @@ def predict(model, processor, rows, collator, batch_size: int = 16, max_new_toke
     """Generate an answer for each row (its own user prompt); parse it; read the emotion head.
 
     ``au_grounded``: the evidence names every AU the AU head found (:func:`ground_answers`);
-    each prediction keeps the free (unguided) answer's emotion and AUs too, so both get scored."""
+    each prediction keeps the free (unguided) answer's emotion and AUs too, so both get scored. A
+    model without an AU head (no motion expert) answers free: its ``free_text_*`` repeat its text."""
     from .sft import row_emotion
 
     model.eval()
@@ -188,6 +191,21 @@ def score(predictions: list[dict], classes: list[str]) -> dict:
     return report
 
 
+def _check_reused(final: Path, trained_on: dict, args, training_args, model_args) -> None:
+    """A reused fold model must be the one this command would have trained."""
+    from .processing_deft import EXPERTS
+
+    expected = {"dataset": args.dataset_name, "seed": training_args.seed, "label_set": args.label_set,
+                "epochs": training_args.num_train_epochs, "max_steps": training_args.max_steps,
+                "learning_rate": training_args.learning_rate}
+    if args.experts or not model_args.model_name_or_path:  # a checkpoint brings its own experts
+        expected["experts"] = sorted(args.experts or EXPERTS)
+    found = {**trained_on, "experts": sorted(trained_on.get("experts") or [])}
+    differ = [f"{key} {found.get(key)!r}, not {value!r}" for key, value in expected.items() if found.get(key) != value]
+    if differ:
+        raise ValueError(f"{final}: trained with {'; '.join(differ)}; reuse only a run's own folds")
+
+
 def run_loso(args, training_args, model_args, eval_args: EvalArguments, cache: dict | None = None) -> dict:
     """Train and predict one fold per subject; pool; score; write the report and PNGs."""
     import datasets
@@ -214,13 +232,13 @@ def run_loso(args, training_args, model_args, eval_args: EvalArguments, cache: d
         fold_training = copy.deepcopy(training_args)
         fold_training.output_dir = str(report_dir / f"fold-{test_subject}")
         final = Path(fold_training.output_dir) / "final"
-        if not (eval_args.reuse_folds and (final / "model.safetensors").is_file()):
+        reused = eval_args.reuse_folds and (final / "model.safetensors").is_file()
+        if not reused:
             final = train(fold_args, fold_training, model_args, cache=cache)
         trained_on = json.loads((final / "training_args.json").read_text())
         assert test_subject in trained_on["excluded_subjects"], "left-out subject reached training"
-        if args.experts and set(trained_on["experts"]) != set(args.experts):
-            raise ValueError(f"{final}: trained with experts {trained_on['experts']}, not {args.experts}; "
-                             "reuse only a run's own folds")
+        if reused:
+            _check_reused(final, trained_on, args, training_args, model_args)
 
         model = DeftForConditionalGeneration.from_pretrained(final)
         processor = DeftProcessor.from_pretrained(final)

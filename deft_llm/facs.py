@@ -244,9 +244,12 @@ class AUEvidence:
     size: float
 
 
+NO_EVIDENCE = "no AU motion above the noise floor."
+
+
 def format_evidence(evidence: list[AUEvidence]) -> str:
     if not evidence:
-        return "Motion evidence: no AU motion above the noise floor."
+        return f"Motion evidence: {NO_EVIDENCE}"
     parts = [f"{e.au} ({region_label(e.region)}, {e.direction}, {e.size:.2f} px)" for e in evidence]
     return "Motion evidence: " + "; ".join(parts) + "."
 
@@ -279,28 +282,36 @@ def evidence_mentions(text: str) -> list[tuple[str, int]]:
 _ENTRY = re.compile(r"\bAU(\d{1,2}) \(")
 
 
-def resume_with_missing_au(text: str, required: set[str]) -> str | None:
-    """``text`` cut where its evidence first leaves out an AU of ``required``, with that AU's
-    entry opened (``"...; AU12 ("``), for the model to go on writing; None when nothing is left
-    out, or the evidence line is unfinished.
+def resume_with_missing_au(text: str, required) -> str | None:
+    """``text`` cut where its evidence first leaves out an AU of ``required`` (AU codes in any
+    dataset style: ``AU12``, ``12``, ``L12``), with that AU's entry opened (``"...; AU12 ("``), for
+    the model to go on writing; None when nothing is left out, or the evidence line is unfinished
+    or not in the answer format.
 
-    Entries come in AU order (Uni-MER sorts them), so the lowest missing AU belongs just before
-    the first entry numbered above it, or else at the end of the list.
+    Entries come in AU order (Uni-MER sorts them), so the lowest missing AU belongs after the last
+    entry numbered below it: before the next entry, or at the end of the list. Every AU below the
+    missing one stays before the cut, so repeated cuts only ever add AUs.
     """
     line = _EVIDENCE_LINE.search(text)
-    if not line or not line.group(1).rstrip().endswith("."):
+    finished = line and (text[line.end(1):line.end(1) + 1] == "\n" or line.group(1).rstrip().endswith(")."))
+    if not finished and not (line and line.group(1).strip() == NO_EVIDENCE):
         return None
-    entries = list(_ENTRY.finditer(text, line.start(1), line.end(1)))
-    missing = required - {f"AU{int(m.group(1))}" for m in entries}
+    named = {name for name, _ in evidence_mentions(text)}
+    missing = sorted({code.number for au in required for code in parse_au_string(str(au).removeprefix("AU"))}
+                     - {int(name.removeprefix("AU")) for name in named})
     if not missing:
         return None
-    au = min(missing, key=lambda name: int(name.removeprefix("AU")))
-    later = [m for m in entries if int(m.group(1)) > int(au.removeprefix("AU"))]
+    entries = list(_ENTRY.finditer(text, line.start(1), line.end(1)))
+    if named and not entries:
+        return None  # AUs named, but not as "AU<n> (...)" entries: leave it as it is
+    au = f"AU{missing[0]}"
+    lower = [k for k, m in enumerate(entries) if int(m.group(1)) < missing[0]]
+    later = entries[lower[-1] + 1:] if lower else entries
     if later:
         return f"{text[:later[0].start()]}{au} ("
     if entries:
         return f"{text[:line.end(1)].rstrip().removesuffix('.')}; {au} ("
-    return f"{text[:line.start(1)]} {au} ("  # it said "no AU motion above the noise floor."
+    return f"{text[:line.start(1)]} {au} ("  # it said NO_EVIDENCE
 
 
 def parse_answer(text: str) -> dict:

@@ -248,9 +248,12 @@ def test_loso_smoke_two_folds_never_trains_on_the_test_subject(uni_mer, tmp_path
     again = run_loso(args, training, model_args, eval_args)
     assert weights.stat().st_mtime_ns == saved
     assert again["metrics"]["head_native"] == metrics["head_native"]
-    args.experts = ["texture", "motion"]
-    with pytest.raises(ValueError, match=r"fold-.*final: trained with experts \['structure', 'texture', 'motion'\], "
-                                         r"not \['texture', 'motion'\]; reuse only a run's own folds"):
+    training.seed = 5
+    with pytest.raises(ValueError, match=r"fold-.*final: trained with seed 0, not 5; reuse only a run's own folds"):
+        run_loso(args, training, model_args, eval_args)
+    training.seed, args.experts = 0, ["texture", "motion"]
+    with pytest.raises(ValueError, match=r"trained with experts \['motion', 'structure', 'texture'\], "
+                                         r"not \['motion', 'texture'\]; reuse only"):
         run_loso(args, training, model_args, eval_args)
 
 
@@ -424,3 +427,9 @@ def test_bench_loso_merge_pools_seeds(tmp_path, monkeypatch):
     Path(baseline[0]).write_text(json.dumps(old))
     with pytest.raises(ValueError, match="STSTNet: seed 0 saved no predictions, so its seeds cannot be pooled"):
         bench_loso.merge([right, *baseline], tmp_path)
+    for path, grounded in ((right, True), (half[0], False)):  # one seed AU-grounded, the other --free
+        run = json.loads(Path(path).read_text())
+        run["results"]["DEFT"]["au_grounded"] = grounded
+        Path(path).write_text(json.dumps(run))
+    with pytest.raises(ValueError, match="DEFT: cannot pool AU-grounded runs with --free ones"):
+        bench_loso.merge([right, *half], tmp_path)

@@ -120,8 +120,17 @@ def test_resume_with_missing_au_cuts_where_the_lowest_missing_au_belongs():
         "Motion evidence: AU14 ("
     assert resume(evidence, {"AU2", "AU20"}) is None  # nothing left out
     assert resume(evidence, set()) is None
+    assert resume(evidence, {"04", "L2"}) == resume(evidence, {"AU4"})  # AU codes in any dataset style
     assert resume("Motion evidence: AU2 (left outer brow, up, 0.24 px); AU", {"AU4"}) is None  # unfinished
+    assert resume("Motion evidence: AU2 (left outer brow, up, 0.", {"AU4"}) is None  # cut inside a size
     assert resume("Emotion: fear.", {"AU4"}) is None
+    assert resume("Motion evidence: AU4, AU7 moved.\nEmotion: anger.", {"AU9"}) is None  # not the format
+    # AU1 is not AU12; the reason line's AUs are not evidence.
+    assert resume("Motion evidence: AU1 (left inner brow, up, 0.3 px).\nReason: AU12 did not move.", {"AU12"}) == \
+        "Motion evidence: AU1 (left inner brow, up, 0.3 px); AU12 ("
+    # Out of AU order, the cut comes after the last entry below the missing AU: AU12 is kept.
+    assert resume("Motion evidence: AU12 (x); AU4 (y).", {"AU4", "AU6", "AU12"}) == \
+        "Motion evidence: AU12 (x); AU4 (y); AU6 ("
 
 
 def test_missing_apex_is_spotted():
