@@ -285,33 +285,34 @@ _ENTRY = re.compile(r"\bAU(\d{1,2}) \(")
 def resume_with_missing_au(text: str, required) -> str | None:
     """``text`` cut where its evidence first leaves out an AU of ``required`` (AU codes in any
     dataset style: ``AU12``, ``12``, ``L12``), with that AU's entry opened (``"...; AU12 ("``), for
-    the model to go on writing; None when nothing is left out, or the evidence line is unfinished
-    or not in the answer format.
+    the model to go on writing; None when nothing is left out or there is no place to cut.
 
     Entries come in AU order (Uni-MER sorts them), so the lowest missing AU belongs after the last
     entry numbered below it: before the next entry, or at the end of the list. Every AU below the
-    missing one stays before the cut, so repeated cuts only ever add AUs.
+    missing one stays before the cut, so repeated cuts only ever add AUs. An entry start is a
+    place to cut even in an unfinished line (an answer that hit the length cap or broke off); the
+    end of the list is one only once the line is finished.
     """
     line = _EVIDENCE_LINE.search(text)
-    finished = line and (text[line.end(1):line.end(1) + 1] == "\n" or line.group(1).rstrip().endswith(")."))
-    if not finished and not (line and line.group(1).strip() == NO_EVIDENCE):
+    if not line:
         return None
     named = {name for name, _ in evidence_mentions(text)}
     missing = sorted({code.number for au in required for code in parse_au_string(str(au).removeprefix("AU"))}
                      - {int(name.removeprefix("AU")) for name in named})
-    if not missing:
-        return None
     entries = list(_ENTRY.finditer(text, line.start(1), line.end(1)))
-    if named and not entries:
-        return None  # AUs named, but not as "AU<n> (...)" entries: leave it as it is
+    if not missing or (named and not entries):  # AUs named, but not as "AU<n> (...)" entries
+        return None
     au = f"AU{missing[0]}"
     lower = [k for k, m in enumerate(entries) if int(m.group(1)) < missing[0]]
     later = entries[lower[-1] + 1:] if lower else entries
     if later:
         return f"{text[:later[0].start()]}{au} ("
-    if entries:
+    finished = text[line.end(1):line.end(1) + 1] == "\n" or line.group(1).rstrip().endswith(").")
+    if entries and finished:
         return f"{text[:line.end(1)].rstrip().removesuffix('.')}; {au} ("
-    return f"{text[:line.start(1)]} {au} ("  # it said NO_EVIDENCE
+    if not entries and line.group(1).strip() == NO_EVIDENCE:
+        return f"{text[:line.start(1)]} {au} ("
+    return None
 
 
 def parse_answer(text: str) -> dict:
