@@ -285,34 +285,34 @@ _ENTRY = re.compile(r"\bAU(\d{1,2}) \(")
 def resume_with_missing_au(text: str, required) -> str | None:
     """``text`` cut where its evidence first leaves out an AU of ``required`` (AU codes in any
     dataset style: ``AU12``, ``12``, ``L12``), with that AU's entry opened (``"...; AU12 ("``), for
-    the model to go on writing; None when nothing is left out or there is no place to cut.
+    the model to go on writing; None when nothing is left out.
 
     Entries come in AU order (Uni-MER sorts them), so the lowest missing AU belongs after the last
     entry numbered below it: before the next entry, or at the end of the list. Every AU below the
-    missing one stays before the cut, so repeated cuts only ever add AUs. An entry start is a
-    place to cut even in an unfinished line (an answer that hit the length cap or broke off); the
-    end of the list is one only once the line is finished.
+    missing one stays before the cut, so repeated cuts only ever add AUs. Only whole entries (up to
+    their ")") count: an answer that broke off inside an entry (the length cap, or an early end)
+    is cut before it, and a line without entries ("no AU motion above the noise floor.") is
+    replaced.
     """
     line = _EVIDENCE_LINE.search(text)
     if not line:
         return None
-    named = {name for name, _ in evidence_mentions(text)}
+    close = text.rfind(")", line.start(1), line.end(1))
+    whole = close + 1 if close >= 0 else line.start(1)  # just after the last whole entry
+    entries = list(_ENTRY.finditer(text, line.start(1), whole))
+    named = {int(name.removeprefix("AU")) for name, _ in evidence_mentions(text[:whole])}
     missing = sorted({code.number for au in required for code in parse_au_string(str(au).removeprefix("AU"))}
-                     - {int(name.removeprefix("AU")) for name in named})
-    entries = list(_ENTRY.finditer(text, line.start(1), line.end(1)))
-    if not missing or (named and not entries):  # AUs named, but not as "AU<n> (...)" entries
+                     - named)
+    if not missing:
         return None
     au = f"AU{missing[0]}"
     lower = [k for k, m in enumerate(entries) if int(m.group(1)) < missing[0]]
     later = entries[lower[-1] + 1:] if lower else entries
     if later:
         return f"{text[:later[0].start()]}{au} ("
-    finished = text[line.end(1):line.end(1) + 1] == "\n" or line.group(1).rstrip().endswith(").")
-    if entries and finished:
-        return f"{text[:line.end(1)].rstrip().removesuffix('.')}; {au} ("
-    if not entries and line.group(1).strip() == NO_EVIDENCE:
-        return f"{text[:line.start(1)]} {au} ("
-    return None
+    if entries:
+        return f"{text[:whole]}; {au} ("
+    return f"{text[:line.start(1)]} {au} ("
 
 
 def parse_answer(text: str) -> dict:

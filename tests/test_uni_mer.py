@@ -121,12 +121,14 @@ def test_resume_with_missing_au_cuts_where_the_lowest_missing_au_belongs():
     assert resume(evidence, {"AU2", "AU20"}) is None  # nothing left out
     assert resume(evidence, set()) is None
     assert resume(evidence, {"04", "L2"}) == resume(evidence, {"AU4"})  # AU codes in any dataset style
-    assert resume("Motion evidence: AU2 (left outer brow, up, 0.24 px); AU", {"AU4"}) is None  # unfinished
-    assert resume("Motion evidence: AU2 (left outer brow, up, 0.", {"AU4"}) is None  # cut inside a size
-    # ... but an entry start is a place to cut even in a line that broke off.
+    # Answers that broke off (length cap, early end): only whole entries count.
+    assert resume("Motion evidence: AU2 (left outer brow, up, 0.24 px); AU", {"AU4"}) == \
+        "Motion evidence: AU2 (left outer brow, up, 0.24 px); AU4 ("
+    assert resume("Motion evidence: AU1 (left inner brow, up, 0.3 px); AU2 (left outer brow, up, 0.",
+                  {"AU2", "AU4"}) == "Motion evidence: AU1 (left inner brow, up, 0.3 px); AU2 ("
     assert resume("Motion evidence: AU12 (left mouth corner, up and outward, 0.", {"AU6"}) == "Motion evidence: AU6 ("
+    assert resume("Motion evidence: AU motion above the noise floor.\nEmotion: x.", {"AU6"}) == "Motion evidence: AU6 ("
     assert resume("Emotion: fear.", {"AU4"}) is None
-    assert resume("Motion evidence: AU4, AU7 moved.\nEmotion: anger.", {"AU9"}) is None  # not the format
     # AU1 is not AU12; the reason line's AUs are not evidence.
     assert resume("Motion evidence: AU1 (left inner brow, up, 0.3 px).\nReason: AU12 did not move.", {"AU12"}) == \
         "Motion evidence: AU1 (left inner brow, up, 0.3 px); AU12 ("
