@@ -97,19 +97,21 @@ def ground_answers(model, processor, prompts: list[str], clips: list[dict], answ
     it is cut at the point that AU belongs (:func:`facs.resume_with_missing_au`), that AU's entry
     is opened, and the model writes on from there: the entry's region, direction and size, the
     entries after it and the emotion are the model's own. One AU per round, for the answers
-    that still need one.
+    that still need one; an answer that comes back to a cut already tried is left as it is.
     """
-    answers = list(answers)
+    answers, tried = list(answers), [set() for _ in answers]
     for _ in range(len(model.config.au_labels)):
         resumed = {i: facs.resume_with_missing_au(answer, required)
                    for i, (answer, required) in enumerate(zip(answers, required_aus))}
-        resumed = {i: text for i, text in resumed.items() if text is not None}
+        # A cut tried before would be written on the same way (greedy): that answer is done.
+        resumed = {i: text for i, text in resumed.items() if text is not None and text not in tried[i]}
         if not resumed:
             break
         rows = list(resumed)
         more = generate_answers(model, processor, [prompts[i] + resumed[i] for i in rows],
                                 [clips[i] for i in rows], max_new_tokens, stop_strings)
         for i, text in zip(rows, more):
+            tried[i].add(resumed[i])
             answers[i] = resumed[i] + text
     return answers
 
