@@ -257,6 +257,40 @@ def test_loso_smoke_two_folds_never_trains_on_the_test_subject(uni_mer, tmp_path
         run_loso(args, training, model_args, eval_args)
 
 
+def test_ground_answers_opens_each_missing_au_in_turn_and_stops_where_the_model_breaks_off(monkeypatch):
+    """A scripted model: only answers that miss a head AU are written on, one AU per round, from
+    where that AU belongs; a continuation that breaks off at the same cut again ends the rounds."""
+    from types import SimpleNamespace
+
+    from deft_llm import evaluate
+
+    continuations = {"AU4 (": "left inner brow, down, 0.30 px); AU20 (left mouth corner, outward, 0.10 px).\n"
+                               "Emotion: fear.",
+                     "AU5 (": "left eye, up, 0.",  # breaks off inside the entry, every time
+                     "AU25 (": "lips, apart, 0.20 px).\nEmotion: fear."}
+    calls = []
+
+    def scripted(model, processor, texts, clips, max_new_tokens, stop_strings=("Reason:",)):
+        calls.append([t.removeprefix("PROMPT") for t in texts])
+        return [next(v for k, v in continuations.items() if t.endswith(k)) for t in texts]
+
+    monkeypatch.setattr(evaluate, "generate_answers", scripted)
+    model = SimpleNamespace(config=SimpleNamespace(au_labels=list(facs.AU_VOCAB)))
+    answers = ["Motion evidence: AU2 (left outer brow, up, 0.20 px); AU20 (left mouth corner, outward, 0.10 px).\n"
+               "Emotion: surprise.",
+               "Motion evidence: AU12 (left mouth corner, up and outward, 0.30 px).\nEmotion: happiness.",
+               "Motion evidence: AU1 (left inner brow, up, 0.20 px).\nEmotion: fear."]
+    grounded = evaluate.ground_answers(model, None, ["PROMPT"] * 3, [{}] * 3, answers,
+                                       [{"AU2", "AU4", "AU20", "AU25"}, {"AU12"}, {"AU1", "AU5"}], 160)
+    assert grounded[0] == ("Motion evidence: AU2 (left outer brow, up, 0.20 px); AU4 (left inner brow, down, 0.30 px); "
+                           "AU20 (left mouth corner, outward, 0.10 px); AU25 (lips, apart, 0.20 px).\nEmotion: fear.")
+    assert grounded[1] == answers[1]  # nothing missing: never written on
+    assert grounded[2] == "Motion evidence: AU1 (left inner brow, up, 0.20 px); AU5 (left eye, up, 0."
+    assert calls == [["Motion evidence: AU2 (left outer brow, up, 0.20 px); AU4 (",
+                      "Motion evidence: AU1 (left inner brow, up, 0.20 px); AU5 ("],
+                     [grounded[0].split("AU25 (")[0] + "AU25 ("]]  # row 3's cut came back: tried already
+
+
 def test_au_grounded_answers_name_every_au_the_head_found(uni_mer):
     """The bundled checkpoint, free and AU-grounded: the grounded evidence names each AU of the
     head, and is the free answer up to where the first missing AU belongs."""
