@@ -105,8 +105,7 @@ def main(argv=None) -> int:
         with engine._threads(), torch.inference_mode():
             return engine.model.model.encode_experts(**pixels)
     experts_s, _ = timed(experts, args.runs)
-    clip_tensors = {"structure_pixels": analysis.structure, "texture_pixels": analysis.texture,
-                    "motion_map": analysis.motion}
+    clip_tensors = engine.clip_tensors(analysis)
 
     def free_answer():
         with engine._threads(), torch.inference_mode():

@@ -313,12 +313,15 @@ class DeftDemo:
                 raise DemoInputError(str(err)) from None
         return analysis, [str(w.message) for w in caught]
 
+    @staticmethod
+    def clip_tensors(analysis) -> dict[str, np.ndarray]:
+        """The three experts' inputs of one clip (numpy, unbatched), keyed as the model takes them."""
+        return {"structure_pixels": analysis.structure, "texture_pixels": analysis.texture,
+                "motion_map": analysis.motion}
+
     def model_inputs(self, analysis) -> dict:
-        torch = self._torch
-        return {**self.prompt_ids,
-                "structure_pixels": torch.from_numpy(analysis.structure[None]),
-                "texture_pixels": torch.from_numpy(analysis.texture[None]),
-                "motion_map": torch.from_numpy(analysis.motion[None])}
+        batch = {k: self._torch.from_numpy(v[None]) for k, v in self.clip_tensors(analysis).items()}
+        return {**self.prompt_ids, **batch}
 
     def heads(self, inputs: dict) -> tuple[dict[str, float], dict[str, float]]:
         """Emotion class probabilities and AU head probabilities from one forward pass."""
@@ -339,8 +342,7 @@ class DeftDemo:
         """
         from .evaluate import generate_answers, ground_answers
 
-        clip = {"structure_pixels": analysis.structure, "texture_pixels": analysis.texture,
-                "motion_map": analysis.motion}
+        clip = self.clip_tensors(analysis)
         required = {au for au, p in au_probabilities.items() if p > 0.5}
         with self._threads(), self._torch.inference_mode():
             free = generate_answers(self.model, self.processor, [self.prompt], [clip], self.max_new_tokens,
